@@ -1,0 +1,57 @@
+"""The ``dexwm`` command. Each sub-command lives with the code it drives; this file only dispatches to it.
+
+A sub-command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only when
+used, so ``dexwm --help`` stays fast and a missing optional dependency affects only its own command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# "group command" -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("dexwm_planner.tasks.cli_demo", "run the scripted demonstrator on one task episode in simulation"),
+    "suite": ("dexwm_planner.tasks.cli_suite", "generate / check the fixed reach, grasp and place suites"),
+    "data sim": ("dexwm_model.data.cli_sim", "generate exploratory robot episodes in the simulator"),
+    "data check": ("dexwm_model.data.cli_check", "validate episodes written in our dataset format"),
+    "bench sim": ("dexwm_hw.sim.bench", "measure physics steps/s, render fps, FK calls/s (JSON)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dexwm", description="DexWM on ROS 2 command line")
+    sub = parser.add_subparsers(dest="group", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, (module, help_text) in COMMANDS.items():
+        parts = name.split()
+        if len(parts) == 1:
+            p = sub.add_parser(parts[0], help=help_text)
+        else:
+            if parts[0] not in groups:
+                gp = sub.add_parser(parts[0], help=f"{parts[0]} commands")
+                groups[parts[0]] = gp.add_subparsers(dest="command", required=True)
+            p = groups[parts[0]].add_parser(parts[1], help=help_text)
+        p.set_defaults(_module=module)
+        _lazy_arguments(p, module)
+    return parser
+
+
+def _lazy_arguments(parser: argparse.ArgumentParser, module: str) -> None:
+    """Add the sub-command's arguments only when that sub-command was asked for (keeps start-up light)."""
+    argv = sys.argv[1:]
+    wanted = next(k for k, (m, _) in COMMANDS.items() if m == module).split()
+    if argv[: len(wanted)] == wanted:
+        importlib.import_module(module).add_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0]] + list(argv)
+    args = build_parser().parse_args()
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
