@@ -15,6 +15,7 @@ import numpy as np
 
 from dexwm_hw.sim.assets import robot_model_paths
 from dexwm_model.config import load_section
+from dexwm_model.kinematics.hand_layout import ALLEGRO_KEYPOINT_SITES
 
 ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
 HAND_FINGERS = ("ff", "mf", "rf", "th")
@@ -22,15 +23,11 @@ HAND_JOINTS = tuple(f"{f}j{i}" for f in HAND_FINGERS for i in range(4))
 ROBOT_JOINTS = tuple(f"panda/{j}" for j in ARM_JOINTS) + tuple(f"allegro/{j}" for j in HAND_JOINTS)
 NUM_JOINTS = 23
 
-# Keypoint sites on the hand. The paper's 21-keypoint layout is: wrist, then per finger (thumb, index, middle,
-# ring, little) knuckle, intermediate base, intermediate tip, tip. The Allegro has no little finger: the ring
-# finger is duplicated (done in the kinematics layer; the model only carries the 17 distinct sites).
+# Keypoint sites on the hand: the 17 distinct points of the 21-keypoint layout (see hand_layout).
 FINGERTIP_OFFSET = {"ff": 0.035, "mf": 0.035, "rf": 0.035, "th": 0.051}  # m along the distal link's z
 WRIST_POINT = (0.0, 0.0, -0.09)  # palm frame: bottom centre of the palm, where a human wrist would be
 PALM_CENTER_POINT = (0.012, 0.0, -0.04)  # palm frame: centre of the palm face (the face points along +x)
-KEYPOINT_SITES = ("wrist",) + tuple(
-    f"{f}_{part}" for f in ("th", "ff", "mf", "rf") for part in ("knuckle", "ibase", "itip", "tip")
-)
+KEYPOINT_SITES = ALLEGRO_KEYPOINT_SITES
 
 # Palm frame -> flange frame: the palm normal (+x of the palm body) along the flange axis (+z), fingers (+z of
 # the palm) along the flange's +x. This is a 180 degree turn about (1, 0, 1)/sqrt(2).
