@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "suite": ("dexwm_planner.tasks.cli_suite", "generate / check the fixed reach, grasp and place suites"),
     "data sim": ("dexwm_model.data.cli_sim", "generate exploratory robot episodes in the simulator"),
     "data check": ("dexwm_model.data.cli_check", "validate episodes written in our dataset format"),
-    "bench sim": ("dexwm_hw.sim.bench", "measure physics steps/s, render fps, FK calls/s (JSON)"),
+    "bench sim": ("dexwm_hw.sim.bench", "measure simulator physics steps/s and render fps (JSON)"),
 }
 
 

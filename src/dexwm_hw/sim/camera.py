@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import mujoco
@@ -58,9 +57,7 @@ class FastRenderer:
     """Offscreen RGB rendering at the model's input size; shadows, reflections and MSAA off when ``fast``."""
 
     def __init__(self, model: mujoco.MjModel, width: int, height: int, fast: bool = True) -> None:
-        os.environ.setdefault("MUJOCO_GL", "egl")
-        if fast:
-            model.vis.quality.offsamples = 0
+        model.vis.quality.offsamples = 0 if fast else 4
         self._renderer = mujoco.Renderer(model, height=height, width=width)
         if fast:
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
