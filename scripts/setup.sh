@@ -47,11 +47,18 @@ if [ -n "$iface_dirs" ] && [ "$(cat "$STAMPS/interfaces" 2>/dev/null)" != "$ifac
   for d in $iface_dirs; do
     name=$(basename "$d")
     log "building ROS interface package $name"
+    t0=$SECONDS
     bdir="$ROOT/build/$name"
+    # a cache configured for another venv would keep finding (and linking) that venv's packages
+    if [ -f "$bdir/CMakeCache.txt" ] && ! grep -qxF "CMAKE_INSTALL_PREFIX:PATH=$VIRTUAL_ENV" "$bdir/CMakeCache.txt"; then
+      rm -rf "$bdir"
+    fi
+    mkdir -p "$bdir"
     cmake -S "$d" -B "$bdir" -DCMAKE_INSTALL_PREFIX="$VIRTUAL_ENV" -DPython3_EXECUTABLE="$(command -v python)" \
       -DBUILD_TESTING=OFF -Wno-dev >"$bdir.log" 2>&1 || { cat "$bdir.log"; exit 1; }
     cmake --build "$bdir" -j"$(nproc)" >>"$bdir.log" 2>&1 || { tail -50 "$bdir.log"; exit 1; }
     cmake --install "$bdir" >>"$bdir.log" 2>&1 || { tail -50 "$bdir.log"; exit 1; }
+    log "built $name in $((SECONDS - t0)) s"
   done
   echo "$iface_hash" > "$STAMPS/interfaces"
 fi

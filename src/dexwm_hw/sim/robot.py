@@ -111,6 +111,13 @@ class PandaAllegroSim:
         self._t_in_segment = 0.0
         return duration
 
+    def follow(self, profile) -> float:
+        """Track ``profile(t)`` (23 joint set-points, ``t`` in s from now; with ``duration`` and ``done(t)``), e.g. a
+        multi-point trajectory, until the next :meth:`command` or :meth:`follow`. Returns its duration."""
+        self._interp = profile
+        self._t_in_segment = 0.0
+        return float(profile.duration)
+
     @property
     def moving(self) -> bool:
         return self._interp is not None and not self._interp.done(self._t_in_segment)
