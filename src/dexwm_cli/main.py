@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data sim": ("dexwm_model.data.cli_sim", "generate exploratory robot episodes in the simulator"),
     "data check": ("dexwm_model.data.cli_check", "validate episodes written in our dataset format"),
     "bench sim": ("dexwm_hw.sim.bench", "measure simulator physics steps/s and render fps (JSON)"),
+    "bench sim-node": ("dexwm_hw.ros.bench", "measure the sim ROS node's achieved control and camera rates (JSON)"),
+    "bench fk": ("dexwm_model.kinematics.bench", "measure batched forward-kinematics calls/s and joint-vectors/s (JSON)"),
 }
 
 

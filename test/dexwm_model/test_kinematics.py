@@ -185,13 +185,13 @@ def test_to_dtype_and_device_moves_the_constants(model, configs):
 
 
 def test_chunked_cpu_evaluation_is_the_same(model, configs):
-    whole = PandaAllegroFK.from_mujoco(model)
-    whole.cpu_chunk = 0
+    whole = PandaAllegroFK(ChainSpec.from_mujoco(model), FKConfig(cpu_chunk=0))
     pieces = PandaAllegroFK(whole.spec, FKConfig(cpu_chunk=16))
+    assert PandaAllegroFK(whole.spec).cpu_chunk > 0  # config/kinematics.yaml
     q = torch.tensor(configs[:50])
     assert torch.allclose(whole.sites(q), pieces.sites(q), atol=1e-12)
-    p0, r0 = whole.frames(q, [PALM_CENTER, FLANGE])
-    p1, r1 = pieces.frames(q, [PALM_CENTER, FLANGE])
+    p0, r0 = whole.frames(q.reshape(5, 10, 23), [PALM_CENTER, FLANGE])
+    p1, r1 = pieces.frames(q.reshape(5, 10, 23), [PALM_CENTER, FLANGE])
     assert torch.allclose(p0, p1, atol=1e-12) and torch.allclose(r0, r1, atol=1e-12)
     grads = []
     for m in (whole, pieces):

@@ -163,12 +163,7 @@ class ChainSpec:
 
         parent = model.body_parentid
         if sites is None:
-            roots = set()
-            for j in joint_ids:
-                b = int(model.jnt_bodyid[j])
-                while int(parent[b]) != 0:
-                    b = int(parent[b])
-                roots.add(b)
+            roots = {_root_of(parent, int(model.jnt_bodyid[j])) for j in joint_ids}
             keep = [b for b in range(1, model.nbody) if _root_of(parent, b) in roots]
             kept = set(keep)
             site_ids = [s for s in range(model.nsite) if int(model.site_bodyid[s]) in kept]
@@ -178,6 +173,8 @@ class ChainSpec:
                 sid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, s)
                 if sid < 0:
                     raise ValueError(f"site '{s}' is not in the model")
+                if int(model.site_bodyid[sid]) == 0:
+                    raise ValueError(f"site '{s}' is on the world body: it does not move with any joint")
                 site_ids.append(sid)
             wanted: set[int] = set()
             for s in site_ids:
@@ -359,10 +356,10 @@ class KinematicChain(torch.nn.Module):
 
     def __init__(self, spec: ChainSpec, cpu_chunk: int = 0) -> None:
         super().__init__()
-        if not isinstance(cpu_chunk, int) or cpu_chunk < 0:
+        if isinstance(cpu_chunk, bool) or not isinstance(cpu_chunk, int) or cpu_chunk < 0:
             raise ValueError(f"cpu_chunk must be a whole number >= 0 (0 = never split), found {cpu_chunk!r}")
         self.spec = spec
-        self.cpu_chunk = cpu_chunk  # on CPU, batches larger than this run in pieces (cache friendly); 0 = never
+        self.cpu_chunk = cpu_chunk  # on CPU, larger batches run in pieces of this many vectors; 0 = never
         self.joint_names: tuple[str, ...] = tuple(spec.joint_names)
         self.n_joints = len(self.joint_names)
         self.check_finite = True  # set False in a hot loop whose inputs are known to be finite (saves a sync)
@@ -650,7 +647,7 @@ class KinematicChain(torch.nn.Module):
         pos = _assemble(pos_parts, take)  # [F, 3, B]
         rot = _assemble(rot_parts, take) if with_rot else None  # [F, 9, B]
         # a 2-D transpose is several times faster than permuting the 3-D tensor
-        return pos.view(-1, nb).t(), (rot.view(-1, nb).t() if with_rot else None)
+        return pos.view(pos.shape[0] * 3, nb).t(), (rot.view(rot.shape[0] * 9, nb).t() if with_rot else None)
 
     def _run(self, q: Any, names: Sequence[str], with_rot: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         if len(names) == 0:
@@ -659,8 +656,8 @@ class KinematicChain(torch.nn.Module):
         batch = q.shape[:-1]
         plan, take = self._frame_plan(names, q.dtype, q.device)
         qf = q.reshape(-1, self.n_joints)
-        chunk = self.cpu_chunk if q.device.type == "cpu" else 0
-        if chunk and qf.shape[0] > chunk:
+        chunk = self.cpu_chunk if qf.device.type == "cpu" else 0
+        if chunk and qf.shape[0] > chunk:  # bounded temporaries: no page-faulting fresh memory on every call
             pieces = [self._eval(part, plan, take, with_rot) for part in qf.split(chunk)]
             pos = torch.cat([p for p, _ in pieces])
             rot = torch.cat([r for _, r in pieces]) if with_rot else None

@@ -31,7 +31,7 @@ FLANGE = "panda/attachment_site"
 
 @dataclass
 class FKConfig:
-    cpu_chunk: int  # joint vectors per piece on CPU (0 = never split)
+    cpu_chunk: int  # on CPU, batches larger than this run in pieces of this many joint vectors (0 = never split)
 
 
 def load_fk_config(path: str = "kinematics.yaml") -> FKConfig:
@@ -41,7 +41,7 @@ def load_fk_config(path: str = "kinematics.yaml") -> FKConfig:
 class PandaAllegroFK(KinematicChain):
     """Batched, differentiable FK: ``q[..., 23]`` -> keypoints / frames, on any device, in ``q``'s dtype.
 
-    ``config`` defaults to ``config/kinematics.yaml``.
+    ``config``: the ``fk`` section of ``config/kinematics.yaml`` unless given.
     """
 
     def __init__(self, spec: ChainSpec, config: FKConfig | None = None) -> None:
