@@ -166,6 +166,12 @@ def build_spec(scene: SceneConfig, camera: CameraConfig) -> mujoco.MjSpec:
     spec.add_material(name="floor_mat", rgba=[0.3, 0.32, 0.35, 1])
     wb.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3, 3, 0.1], pos=[0, 0, z0 - 0.75],
                 material="floor_mat")
+    # light walls behind the workspace: the black Allegro must stand out against the background in every view
+    spec.add_material(name="wall_mat", rgba=[0.78, 0.8, 0.84, 1])
+    for name, pos, zaxis in (("wall_front", [1.4, 0, z0], [-1, 0, 0]), ("wall_left", [0, 1.2, z0], [0, -1, 0]),
+                             ("wall_right", [0, -1.6, z0], [0, 1, 0]), ("wall_back", [-1.2, 0, z0], [1, 0, 0])):
+        wb.add_geom(name=name, type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3, 3, 0.1], pos=pos, zaxis=zaxis,
+                    material="wall_mat", contype=0, conaffinity=0)
     wb.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.6, 0.5, 0.375],
                 pos=[0.35, 0, z0 - 0.375], material="table_mat", friction=[1.0, 0.005, 0.0001])
     wb.add_light(name="key", pos=[0.4, -0.4, z0 + 1.6], dir=[-0.1, 0.3, -1], castshadow=not camera.fast_render,
