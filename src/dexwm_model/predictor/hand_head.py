@@ -1,0 +1,63 @@
+"""Hand-consistency head: latent tokens on their patch grid -> 12 keypoint heat-maps at image resolution.
+
+The 12 maps are the wrist and the five fingertips of the left hand, then of the right hand
+(:data:`dexwm_model.kinematics.hand_layout.HEATMAP_KEYPOINTS_21` of each hand). A small transformer reads the
+tokens; a per-token linear layer emits ``patch_h * patch_w * 12`` values that are rearranged into the pixels
+that token covers ("pixel shuffle"), so the output has exactly the encoder's input resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dexwm_model.kinematics.hand_layout import HEATMAP_KEYPOINTS_21
+from dexwm_model.predictor.config import HandHeadConfig
+from dexwm_model.predictor.layers import EncoderBlock, init_linear_
+
+NUM_HEATMAPS = 2 * len(HEATMAP_KEYPOINTS_21)  # 12: left wrist + 5 tips, right wrist + 5 tips
+
+
+class HandHeatmapHead(nn.Module):
+    def __init__(self, cfg: HandHeadConfig, input_dim: int, grid: tuple[int, int], image_size: tuple[int, int]):
+        super().__init__()
+        hp, wp = (int(g) for g in grid)
+        h, w = (int(s) for s in image_size)
+        if hp < 1 or wp < 1 or h < 1 or w < 1:
+            raise ValueError(f"HandHeatmapHead: grid {grid} and image_size {image_size} must be positive")
+        if h % hp or w % wp:
+            raise ValueError(
+                f"HandHeatmapHead: image_size {image_size} (H, W) must be a whole multiple of the patch grid {grid}"
+            )
+        self.cfg = cfg
+        self.input_dim = input_dim
+        self.grid = (hp, wp)
+        self.image_size = (h, w)
+        self.patch = (h // hp, w // wp)
+        self.num_tokens = hp * wp
+        width = cfg.width
+        self.in_proj = nn.Linear(input_dim, width)
+        self.pos_embed = nn.Parameter(torch.zeros(self.num_tokens, width))
+        self.blocks = nn.ModuleList(EncoderBlock(width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.out = nn.Linear(width, self.patch[0] * self.patch[1] * NUM_HEATMAPS)
+        init_linear_(self)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.zeros_(self.out.weight)  # heat-maps start at exactly 0
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """tokens: (B, P, d) with P = Hp * Wp in row-major grid order -> heat-maps (B, 12, H, W)."""
+        if tokens.dim() != 3 or tuple(tokens.shape[1:]) != (self.num_tokens, self.input_dim):
+            raise ValueError(
+                f"tokens: expected shape (B, {self.num_tokens}, {self.input_dim}) for grid {self.grid}, "
+                f"found {tuple(tokens.shape)}"
+            )
+        x = self.in_proj(tokens) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        y = self.out(self.norm(x))  # (B, P, ph * pw * 12)
+        b = y.shape[0]
+        (hp, wp), (ph, pw) = self.grid, self.patch
+        y = y.view(b, hp, wp, ph, pw, NUM_HEATMAPS).permute(0, 5, 1, 3, 2, 4)
+        return y.reshape(b, NUM_HEATMAPS, hp * ph, wp * pw)
