@@ -1,0 +1,145 @@
+"""The world model as one object: frozen image encoder -> (projection) -> CDiT predictor, plus the
+hand-consistency head that reads hand keypoints out of any latent. This is what training produces, what a
+checkpoint holds and what the planner and the world-model node load.
+
+Checkpoint = a folder with ``config.yaml`` (every architectural setting, so the folder is self-describing) and
+``model.safetensors`` (all weights, the encoder's included, so no other file is needed at run time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from dexwm_model.config import ConfigError, from_dict
+from dexwm_model.encoders.base import ImageEncoder
+from dexwm_model.encoders.factory import EncoderConfig, build_encoder
+from dexwm_model.encoders.projection import TokenProjection
+from dexwm_model.losses.hand_consistency import heatmap_keypoints
+from dexwm_model.predictor.cdit import CDiTPredictor, ContextCache
+from dexwm_model.predictor.config import HandHeadConfig, PredictorConfig
+from dexwm_model.predictor.hand_head import HandHeatmapHead
+
+CONFIG_NAME = "config.yaml"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "dexwm-world-model"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(FileNotFoundError):
+    """A world-model checkpoint folder is missing, incomplete or inconsistent."""
+
+
+@dataclasses.dataclass
+class WorldModelConfig:
+    encoder: EncoderConfig
+    predictor: PredictorConfig
+    hand_head: HandHeadConfig
+    latent_dim: int  # width of the tokens the predictor reads and writes (= encoder width unless projected)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "world model config") -> "WorldModelConfig":
+        data = dict(data)
+        if data.pop("format", None) != FORMAT:
+            raise ConfigError(f"{where}: not a {FORMAT} config (missing or wrong 'format')")
+        version = data.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise ConfigError(f"{where}: format_version {version!r} is not supported (this code reads {FORMAT_VERSION})")
+        return from_dict(cls, data, where)
+
+
+class WorldModel(nn.Module):
+    def __init__(self, config: WorldModelConfig, encoder: ImageEncoder | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder if encoder is not None else build_encoder(config.encoder)
+        self.encoder.freeze()
+        d = config.latent_dim
+        self.projection = TokenProjection(self.encoder.dim, d)
+        self.predictor = CDiTPredictor(config.predictor, d, self.encoder.grid)
+        self.hand_head = HandHeatmapHead(config.hand_head, d, self.encoder.grid, self.encoder.image_size)
+
+    # -- properties ------------------------------------------------------------------------------------------------
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.encoder.image_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.encoder.grid
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    # -- the pieces the planner uses -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: Any) -> Tensor:
+        """Images (B, H, W, 3) uint8 (any size: the encoder resizes and crops) -> latents (B, P, latent_dim)."""
+        return self.projection(self.encoder(images))
+
+    def encode_context(self, latents: Tensor, times: Tensor, mask: Tensor | None = None) -> ContextCache:
+        return self.predictor.encode_context(latents, times, mask)
+
+    def predict(self, cache: ContextCache, last: Tensor, action: Tensor, dt: Tensor | float) -> Tensor:
+        return self.predictor.predict(cache, last, action, dt)
+
+    def hand_keypoints(self, latents: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, P, d) -> pixel positions (B, 12, 2) in the encoder's input image and confidences (B, 12)."""
+        return heatmap_keypoints(self.hand_head(latents), self.config.hand_head.refine_radius_px)
+
+    # -- persistence -----------------------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp_cfg, tmp_w = folder / (CONFIG_NAME + ".tmp"), folder / (WEIGHTS_NAME + ".tmp")
+        tmp_cfg.write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(tmp_w), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        tmp_cfg.replace(folder / CONFIG_NAME)
+        tmp_w.replace(folder / WEIGHTS_NAME)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "WorldModel":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise CheckpointError(f"world-model checkpoint {folder}: missing {p.name} (a checkpoint folder holds "
+                                      f"{CONFIG_NAME} and {WEIGHTS_NAME}; train one with `dexwm train`)")
+        try:
+            data = yaml.safe_load(cfg_path.read_text())
+        except yaml.YAMLError as exc:
+            raise CheckpointError(f"{cfg_path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{cfg_path}: expected a mapping")
+        config = WorldModelConfig.from_dict(data, str(cfg_path))
+        # the encoder's weights are in the checkpoint: build its architecture without loading anything else
+        enc_cfg = dataclasses.replace(config.encoder, weights=None, random_init=True) \
+            if config.encoder.kind == "dinov2" else config.encoder
+        model = cls(dataclasses.replace(config, encoder=enc_cfg))
+        model.config = config
+        try:
+            state = load_file(str(w_path), device=str(map_location))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{w_path}: unreadable weights file ({exc})") from exc
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{w_path}: weights do not match {cfg_path.name}: missing {missing[:5]}"
+                                  f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                                  f"{'...' if len(unexpected) > 5 else ''}")
+        return model.to(map_location).eval()
