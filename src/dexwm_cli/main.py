@@ -16,9 +16,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "suite": ("dexwm_planner.tasks.cli_suite", "generate / check the fixed reach, grasp and place suites"),
     "data sim": ("dexwm_model.data.cli_sim", "generate exploratory robot episodes in the simulator"),
     "data check": ("dexwm_model.data.cli_check", "validate episodes written in our dataset format"),
+    "train encoder": ("dexwm_model.encoders.ssl.train", "train the dexwm_vit image encoder (MAE) on sim episodes"),
+    "train decoder": ("dexwm_model.decoder.train", "train the latent -> image decoder on frozen encoder tokens"),
     "bench sim": ("dexwm_hw.sim.bench", "measure simulator physics steps/s and render fps (JSON)"),
     "bench sim-node": ("dexwm_hw.ros.bench", "measure the sim ROS node's achieved control and camera rates (JSON)"),
     "bench fk": ("dexwm_model.kinematics.bench", "measure batched forward-kinematics calls/s and joint-vectors/s (JSON)"),
+    "bench plan": ("dexwm_planner.planners.bench", "time CEM/MPPI planning per iteration and replan vs the reference pattern (JSON)"),
+    "launch": ("dexwm_hw.launch_graph.cli", "start a task's ROS 2 graph (sim or real backend) and watch it"),
+    "train world-model": ("dexwm_model.training.cli", "train / fine-tune the latent world model (DDP-capable)"),
+    "eval": ("dexwm_model.evaluation.cli", "open-loop world-model evaluation: latent error and hand PCK per step"),
 }
 
 

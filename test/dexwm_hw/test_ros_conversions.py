@@ -135,5 +135,6 @@ def test_trajectory_arrays_and_their_errors():
 
 def test_driver_joint_names():
     assert ARM_JOINT_NAMES[0] == "panda_joint1" and ARM_JOINT_NAMES[-1] == "panda_joint7"
-    assert HAND_JOINT_NAMES[:5] == ("ah_joint00", "ah_joint01", "ah_joint02", "ah_joint03", "ah_joint10")
-    assert HAND_JOINT_NAMES[-1] == "ah_joint33" and len(ALL_JOINT_NAMES) == len(set(ALL_JOINT_NAMES)) == 23
+    # index, middle, ring, thumb (the sim's ff, mf, rf, th); the driver numbers the thumb 0
+    assert HAND_JOINT_NAMES[:5] == ("ah_joint10", "ah_joint11", "ah_joint12", "ah_joint13", "ah_joint20")
+    assert HAND_JOINT_NAMES[-4:] == ("ah_joint00", "ah_joint01", "ah_joint02", "ah_joint03") and len(ALL_JOINT_NAMES) == len(set(ALL_JOINT_NAMES)) == 23

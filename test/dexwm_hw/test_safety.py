@@ -66,9 +66,9 @@ def test_position_limits_clip_within_tolerance_and_reject_beyond_it():
 
     near = HOME.copy()
     near[3] = lim.upper[3] + 0.5 * lim.tolerance  # panda_joint4 just above its upper limit
-    near[19] = lim.lower[19] - 0.5 * lim.tolerance  # ah_joint30 just below its lower limit
+    near[19] = lim.lower[19] - 0.5 * lim.tolerance  # ah_joint00 (thumb) just below its lower limit
     clipped = lim.check_positions(near)
-    assert clipped.rejection is None and clipped.clipped == ["panda_joint4", "ah_joint30"]
+    assert clipped.rejection is None and clipped.clipped == ["panda_joint4", "ah_joint00"]
     assert clipped.target[3] == lim.upper[3] and clipped.target[19] == lim.lower[19]
 
     far = HOME.copy()
@@ -77,7 +77,7 @@ def test_position_limits_clip_within_tolerance_and_reject_beyond_it():
     bad = lim.check_positions(far)
     assert bad.rejection is not None
     assert "panda_joint4" in bad.rejection and "above its upper limit" in bad.rejection
-    assert "ah_joint01" in bad.rejection and "below its lower limit" in bad.rejection
+    assert "ah_joint11" in bad.rejection and "below its lower limit" in bad.rejection
     nan = HOME.copy()
     nan[5] = np.nan
     assert "non-finite position for panda_joint6" in lim.check_positions(nan).rejection
@@ -180,7 +180,7 @@ def test_rejections_name_the_problem_and_send_nothing():
     d = sup.on_waypoint(NAMES, list(far), 1.0, None, 0.0)
     assert not d.accepted and d.command is None and "panda_joint4 = 0.5000 rad" in d.reason
     d = sup.on_waypoint(NAMES[:22], list(HOME[:22]), 1.0, None, 0.0)
-    assert not d.accepted and "missing joint(s) ['ah_joint33']" in d.reason
+    assert not d.accepted and "missing joint(s) ['ah_joint03']" in d.reason
     d = sup.on_waypoint(NAMES[:22] + ["ah_joint34"], list(HOME), 1.0, None, 0.0)
     assert "unknown joint(s) ['ah_joint34']" in d.reason
     d = sup.on_waypoint(NAMES, list(HOME), -1.0, None, 0.0)

@@ -331,8 +331,9 @@ def write_lerobot_v3(root: Path, lengths=(30, 24)) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- rosbag
+# the driver's names in the project's 23-joint order (index, middle, ring, thumb), written out independently
 ARM = tuple(f"panda_joint{i}" for i in range(1, 8))
-HAND = tuple(f"ah_joint{f}{j}" for f in range(4) for j in range(4))
+HAND = tuple(f"ah_joint{f}{j}" for f in (1, 2, 3, 0) for j in range(4))
 ROS_K = np.array([[60.0, 0.0, 32.0], [0.0, 60.0, 24.0], [0.0, 0.0, 1.0]])
 Q0 = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 1.9, -2.356] + [0.0, 0.2, 0.2, 0.2] * 3 + [0.6, 0.2, 0.2, 0.2])
 QV = np.array([0.05, 0.04, -0.03, 0.06, 0.02, -0.05, 0.03] + [0.02, 0.05, 0.05, 0.05] * 3 + [0.03, 0.04, 0.04, 0.04])

@@ -1,15 +1,17 @@
 """Joint and frame names of the real drivers, mapped onto the simulator's 23-joint order.
 
 Arm: franka_ros2 names the Panda joints ``panda_joint1..7``. Hand: Wonik's ``allegro_hand_ros2`` names the Allegro
-joints ``ah_joint<finger><joint>`` with finger 0 = index, 1 = middle, 2 = ring, 3 = thumb, which is the order of
-the simulator's ``ff, mf, rf, th`` fingers. The 23-vector used everywhere in the project is the arm followed by
-the hand in that order, so ``ALL_JOINT_NAMES[i]`` names entry ``i`` of ``PandaAllegroSim.joints``.
+joints ``ah_joint<finger><joint>`` thumb first: finger 0 = thumb, 1 = index, 2 = middle, 3 = ring (its home posture
+puts ``ah_joint00`` at the thumb's opposition range). Its position controller's ``commands`` array lists the fingers
+index, middle, ring, thumb, which is also the simulator's ``ff, mf, rf, th`` order. The 23-vector used everywhere
+in the project is the arm followed by the hand in that order, so ``ALL_JOINT_NAMES[i]`` names entry ``i`` of
+``PandaAllegroSim.joints`` and ``HAND_JOINT_NAMES`` is the order of the 16 values on the ``commands`` topic.
 """
 
 from __future__ import annotations
 
 ARM_JOINT_NAMES = tuple(f"panda_joint{i}" for i in range(1, 8))
-HAND_JOINT_NAMES = tuple(f"ah_joint{finger}{joint}" for finger in range(4) for joint in range(4))
+HAND_JOINT_NAMES = tuple(f"ah_joint{finger}{joint}" for finger in (1, 2, 3, 0) for joint in range(4))
 ALL_JOINT_NAMES = ARM_JOINT_NAMES + HAND_JOINT_NAMES
 NUM_ARM_JOINTS = len(ARM_JOINT_NAMES)
 NUM_HAND_JOINTS = len(HAND_JOINT_NAMES)

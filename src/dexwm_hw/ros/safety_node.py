@@ -49,7 +49,7 @@ from dexwm_hw.safety.workspace import WorkspaceBox
 from dexwm_interfaces.srv import EStop
 from dexwm_model.config import ConfigError
 
-_JOINTS = "23 values in the order panda_joint1..7, ah_joint00..03, 10..13, 20..23, 30..33"
+_JOINTS = "23 values in the order panda_joint1..7, ah_joint10..13, 20..23, 30..33, 00..03"
 
 
 class SafetyNode(Node):

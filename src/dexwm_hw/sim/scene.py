@@ -1,8 +1,8 @@
 """Compose the simulated scene with MjSpec: table, Panda arm, right Allegro hand, graspable objects, camera.
 
 Joint order everywhere in the project (the 23-vector): Panda ``joint1..joint7``, then the Allegro in the
-order of its driver (``allegro_hand_ros2``: ``ah_joint00..03`` index, ``10..13`` middle, ``20..23`` ring,
-``30..33`` thumb), which is the MuJoCo model's ``ff, mf, rf, th`` order.
+order of its position controller (``allegro_hand_ros2``: ``ah_joint10..13`` index, ``20..23`` middle, ``30..33`` ring,
+``00..03`` thumb), which is the MuJoCo model's ``ff, mf, rf, th`` order.
 """
 
 from __future__ import annotations

@@ -30,13 +30,12 @@ from dexwm_model.actions.allegro import Hand21FK, allegro_trajectory, default_fk
 from dexwm_model.datasets.base import ClipDataset, EpisodeEntry, LoadedClip, Transform
 from dexwm_model.datasets.config import ClipConfig, RosbagSourceConfig
 from dexwm_model.datasets.errors import DatasetFormatError
+from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
 from dexwm_model.datasets.keypoints import HEATMAP_KEYPOINTS_42, NUM_HEATMAP_KEYPOINTS, finalize, project, \
     world_to_camera
 
-# the 23-joint order of the project (dexwm_hw.ros.joint_names; repeated here so this module does not need ROS)
-ARM_JOINT_NAMES = tuple(f"panda_joint{i}" for i in range(1, 8))
-HAND_JOINT_NAMES = tuple(f"ah_joint{finger}{joint}" for finger in range(4) for joint in range(4))
-ROBOT_JOINT_NAMES = ARM_JOINT_NAMES + HAND_JOINT_NAMES
+# the 23-joint order of the project (joint_names holds only names: importing it pulls in no ROS package)
+ROBOT_JOINT_NAMES = ALL_JOINT_NAMES
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 OPEN_BAGS = 8  # bags each process keeps open between samples (opening one parses its metadata: ~0.1 s)
 _CHANNELS = {"rgb8": (3, None), "bgr8": (3, [2, 1, 0]), "rgba8": (4, [0, 1, 2]), "bgra8": (4, [2, 1, 0]),
