@@ -1,0 +1,62 @@
+"""The planning cost, term by term (one definition used by the fast planner and the reference pattern).
+
+For a sample with predicted latents ``z_1..z_T`` (``(P, d)`` each)::
+
+    cost = sum_t w_t * ( latent_t + mu * hand_t + beta * orientation_t )
+
+* ``latent_t = mean over tokens of ||z_t[p] - z_goal[p]||^2`` (squared L2 over the width, mean over the P
+  tokens);
+* ``hand_t``: mean pixel distance between the right hand's wrist + 5 fingertips at step t and the goal's
+  (keypoints the goal does not have -- NaN -- are left out; a keypoint that cannot be projected costs the
+  image diagonal);
+* ``orientation_t = 1 - cos(palm normal, down)`` (0 when the palm faces straight down);
+* ``w_t`` proportional to ``t ** step_weight_exponent`` (t = 1..T), normalised to sum 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from dexwm_planner.planners.config import CostConfig
+
+
+def step_weights(horizon: int, exponent: float, device: torch.device | None = None) -> Tensor:
+    """``(T,)`` float64 weights ``t ** exponent`` normalised to sum 1."""
+    t = torch.arange(1, horizon + 1, dtype=torch.float64, device=device)
+    w = t ** float(exponent)
+    return w / w.sum()
+
+
+def latent_distance(pred: Tensor, goal: Tensor) -> Tensor:
+    """``pred (n, P, d)``, ``goal (1 or n, P, d)`` -> ``(n,)`` mean over tokens of the squared L2 distance (fp32+)."""
+    work = torch.promote_types(pred.dtype, torch.float32)
+    diff = pred.to(work) - goal.to(work)
+    return (diff * diff).sum(-1).mean(-1)
+
+
+def hand_distance(uv: Tensor, goal_uv: Tensor, image_hw: tuple[int, int]) -> Tensor:
+    """``uv (..., 6, 2)`` pixels, ``goal_uv (6, 2)`` (NaN rows = unknown) -> ``(...)`` mean pixel distance over
+    the goal's known keypoints (0 when the goal has none)."""
+    known = torch.isfinite(goal_uv).all(-1)  # (6,)
+    if not bool(known.any()):
+        return torch.zeros(uv.shape[:-2], dtype=uv.dtype, device=uv.device)
+    g = torch.where(known[:, None], goal_uv, torch.zeros_like(goal_uv)).to(uv)
+    d = torch.linalg.vector_norm(uv - g, dim=-1)
+    penalty = math.hypot(*image_hw)
+    d = torch.where(torch.isfinite(d), d, torch.full_like(d, penalty))
+    k = known.to(d.dtype)
+    return (d * k).sum(-1) / k.sum()
+
+
+def total_cost(cfg: CostConfig, weights: Tensor, latent: Tensor, hand: Tensor | None,
+               palm_down: Tensor | None) -> Tensor:
+    """Per-step terms ``(n, T)`` -> ``(n,)``; ``palm_down`` is the cosine between the palm normal and down."""
+    per_step = latent.to(torch.float64)
+    if hand is not None and cfg.uses_hand:
+        per_step = per_step + cfg.hand_weight * hand.to(torch.float64)
+    if palm_down is not None and cfg.orientation_weight > 0:
+        per_step = per_step + cfg.orientation_weight * (1.0 - palm_down.to(torch.float64))
+    return (per_step * weights.to(per_step.device)).sum(-1)

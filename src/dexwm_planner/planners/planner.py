@@ -1,0 +1,367 @@
+"""Goal-image MPC planner: CEM or MPPI over joint waypoints, costed by rolling the world model forward.
+
+One replan (:meth:`Planner.plan`):
+
+1. the context frames' latents (encoded ONCE by the caller, e.g. with :meth:`Planner.encode`; a camera frame
+   is encoded once when it arrives) go through the predictor's context encoder once: per-block keys/values
+   shared by every sample and iteration (:meth:`Planner.prepare`);
+2. each optimiser iteration is one batched program: sample ``(N, T, 23)`` joint waypoints (clamped to the
+   joint limits) -> one FK call for all ``1 + N * T`` joint vectors -> keypoint actions ``(N, T, 132)`` ->
+   rollout of all N samples from the shared context (chunks of ``runtime.chunk_size``; only per-sample work
+   per sample, see :mod:`.rollout`; fewer per chunk when ``runtime.memory_budget_gb`` needs it) -> costs
+   (:mod:`.cost`) -> elites / weights;
+3. the best sequence is returned with its cost terms, predicted hand keypoints, per-iteration statistics and
+   timings; with ``warm_start`` the next replan starts from it shifted by ``execute_steps`` waypoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dexwm_model.kinematics.panda_allegro import NUM_ROBOT_JOINTS, PandaAllegroFK
+from dexwm_model.world_model import WorldModel
+from dexwm_planner.planners.config import PlannerConfig, load_planner_config
+from dexwm_planner.planners.cost import hand_distance, latent_distance, step_weights, total_cost
+from dexwm_planner.planners.kinematics import (
+    NUM_HAND_POINTS,
+    RIGHT_HEATMAPS,
+    CameraSetup,
+    PlanKinematics,
+    sim_camera,
+    sim_joint_limits,
+)
+from dexwm_planner.planners.optimizer import IterationStats, SamplingOptimizer
+from dexwm_planner.planners.rollout import CachedRollout, RolloutPlan
+
+NUM_ARM_JOINTS = 7
+
+
+@dataclass
+class PlanObservation:
+    """What one replan needs. ``context``: latents ``(C, P, d)`` of the C context frames, oldest first (the
+    newest is the current camera frame); ``times``: their capture times ``(C,)`` in seconds; ``joints``: the 23
+    current joint positions; ``goal``: the goal image's latent ``(P, d)`` (encoded once per episode);
+    ``goal_keypoints``: optional goal pixels of the right wrist + 5 tips ``(6, 2)`` (or all 12 heat-map
+    keypoints ``(12, 2)``; NaN = unknown), otherwise read from the goal latent by the hand head when the cost
+    needs them; ``mask``: optional ``(C,)`` bool, False = frame missing."""
+
+    context: Tensor
+    times: Any
+    joints: Any
+    goal: Tensor
+    goal_keypoints: Any = None
+    mask: Any = None
+
+
+@dataclass
+class PlanResult:
+    waypoints: np.ndarray  # (T, 23) the best joint waypoint sequence found
+    cost: float
+    terms: dict[str, list[float]]  # per step: latent, hand (pixels), orientation (1 - cos), weight
+    hand_keypoints: np.ndarray  # (T, 6, 2) right wrist + 5 tips of the best plan, pixels of the model's image
+    hand_source: str  # where hand_keypoints come from: "fk" (projected FK) or "head" (hand head on latents)
+    iterations: list[IterationStats]
+    mean: np.ndarray  # (T, 23) the final sampling distribution
+    std: np.ndarray
+    timing: dict[str, Any]
+    replan: int  # index of this replan since the last reset()
+    warm_started: bool
+
+    @property
+    def elite_costs(self) -> list[list[float]]:
+        return [s.elite_costs for s in self.iterations]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"waypoints": self.waypoints.tolist(), "cost": self.cost, "terms": self.terms,
+                "hand_keypoints": self.hand_keypoints.tolist(), "hand_source": self.hand_source,
+                "iterations": [asdict(s) for s in self.iterations], "timing": self.timing,
+                "replan": self.replan, "warm_started": self.warm_started}
+
+
+@dataclass
+class ReplanState:
+    """What all samples and iterations of one replan share."""
+
+    rollout: RolloutPlan
+    goal: Tensor  # (1, P, d)
+    goal_uv: Tensor | None  # (6, 2) float32, NaN = unknown
+    joints: Tensor  # (23,) float32
+    weights: Tensor  # (T,) float64
+    seconds: float = 0.0
+
+
+@dataclass
+class CostDetails:
+    total: Tensor  # (N,)
+    latent: Tensor  # (N, T)
+    hand: Tensor | None  # (N, T)
+    palm_down: Tensor | None  # (N, T)
+    hand_uv: Tensor | None  # (N, T, 6, 2) the keypoints the hand term compared
+    fk_uv: Tensor | None = field(default=None)  # (N, T, 6, 2) projected FK (always with details)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"runtime.device is {name!r} but this machine has no CUDA device")
+    return dev
+
+
+class Planner:
+    """CEM / MPPI goal-image planner over the 23 joints (see module doc).
+
+    ``model``: the world model (moved to the configured device; its projection, predictor and hand head are
+    converted to the compute dtype: float32, or float64 with ``runtime.dtype: float64``);
+    ``config``: default ``config/planner.yaml``; ``fk``: default the scene's chain; ``camera``: default the
+    simulated camera mapped into the encoder's crop; ``joint_limits``: ``(low, high)``, default the simulated
+    robot's actuator ranges.
+    """
+
+    def __init__(self, model: WorldModel, config: PlannerConfig | None = None, *, fk: PandaAllegroFK | None = None,
+                 camera: CameraSetup | None = None, joint_limits: tuple[Any, Any] | None = None) -> None:
+        self.config = config if config is not None else load_planner_config()
+        rt = self.config.runtime
+        self.device = resolve_device(rt.device)
+        dtype = rt.dtype if rt.dtype != "auto" else ("bfloat16" if self.device.type == "cuda" else "float32")
+        self.autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
+        self.model_dtype = torch.float64 if dtype == "float64" else torch.float32
+        # the predictor side computes in model_dtype; the frozen encoder keeps its own configured dtype
+        self.model = model.to(self.device).eval()
+        for part in (model.projection, model.predictor, model.hand_head):
+            part.to(self.model_dtype)
+        fk = PandaAllegroFK.default() if fk is None else fk
+        fk = fk.to(self.device)
+        self.camera = camera if camera is not None else sim_camera(model.encoder.preprocess)
+        self.kin = PlanKinematics(fk, self.camera)
+        low, high = sim_joint_limits() if joint_limits is None else joint_limits
+        low = torch.as_tensor(np.asarray(low, dtype=np.float64), dtype=torch.float32)
+        high = torch.as_tensor(np.asarray(high, dtype=np.float64), dtype=torch.float32)
+        if tuple(low.shape) != (NUM_ROBOT_JOINTS,) or tuple(high.shape) != (NUM_ROBOT_JOINTS,):
+            raise ValueError(f"joint_limits: expected two vectors of {NUM_ROBOT_JOINTS} values, found "
+                             f"{tuple(low.shape)} and {tuple(high.shape)}")
+        pc = self.config.planner
+        arm = torch.arange(NUM_ROBOT_JOINTS) < NUM_ARM_JOINTS
+        self.init_std = torch.where(arm, pc.init_std_arm, pc.init_std_hand).to(torch.float32)
+        floor = torch.where(arm, pc.std_floor_arm, pc.std_floor_hand).to(torch.float32)
+        self.optimizer = SamplingOptimizer(pc, low.to(self.device), high.to(self.device), floor.to(self.device))
+        self.rollout = CachedRollout(self.model.predictor)
+        self.chunk_size = self._chunk_size()
+        self._chunk_fn = torch.compile(self._rollout_chunk, dynamic=False) if rt.compile else self._rollout_chunk
+        self._previous: Tensor | None = None
+        self._replans = 0
+
+    # ------------------------------------------------------------------------------------------- helpers
+    @property
+    def horizon(self) -> int:
+        return self.config.planner.horizon
+
+    @property
+    def joint_low(self) -> Tensor:
+        return self.optimizer.low
+
+    @property
+    def joint_high(self) -> Tensor:
+        return self.optimizer.high
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def sample_bytes(self) -> int:
+        """Estimated working memory of one sample's rollout: the keys/values of its predicted frames (kept for
+        the later steps) plus one block's activations and the frames in flight."""
+        p = self.model.predictor
+        c = p.cfg
+        kv_bytes = 2 if self.autocast_dtype is not None else torch.finfo(self.model_dtype).bits // 8
+        act_bytes = torch.finfo(self.model_dtype).bits // 8
+        own_kv = 2 * c.depth * max(0, self.horizon - 1) * p.num_tokens * c.width * kv_bytes
+        acts = p.num_tokens * ((12 + 2 * c.mlp_ratio) * c.width + 8 * p.input_dim) * act_bytes
+        return int(own_kv + acts)
+
+    def _chunk_size(self) -> int:
+        rt = self.config.runtime
+        fit = int(rt.memory_budget_gb * 2**30 // max(1, self.sample_bytes()))
+        return max(1, min(rt.chunk_size, fit))
+
+    def reset(self) -> None:
+        """Start a new episode: forget the warm start and the replan count."""
+        self._previous = None
+        self._replans = 0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.no_grad()
+    def encode(self, images: Any) -> Tensor:
+        """Camera frames ``(B, H, W, 3)`` -> latents ``(B, P, d)`` (one encoder call)."""
+        with self.autocast():
+            return self.model.encode(images).to(self.model_dtype)
+
+    def observe(self, images: Any, times: Any, joints: Any, goal: Tensor, goal_keypoints: Any = None,
+                mask: Any = None) -> PlanObservation:
+        """A :class:`PlanObservation` from the context camera frames ``(C, H, W, 3)`` (encoded here, in one call)
+        and the goal latent (encode the goal image once per episode with :meth:`encode`). A live loop that keeps
+        its frames' latents encodes only the newest frame per replan and builds the observation itself."""
+        return PlanObservation(context=self.encode(images), times=times, joints=joints, goal=goal,
+                               goal_keypoints=goal_keypoints, mask=mask)
+
+    @torch.no_grad()
+    def goal_keypoints(self, goal: Tensor) -> Tensor:
+        """The right wrist + 5 tips ``(6, 2)`` read from a goal latent ``(P, d)`` by the hand head."""
+        with self.autocast():
+            uv, _ = self.model.hand_keypoints(goal.to(self.device, self.model_dtype)[None])
+        return uv[0, RIGHT_HEATMAPS].float()
+
+    def initial_distribution(self, joints: Tensor) -> tuple[Tensor, Tensor, bool]:
+        """Mean and std ``(T, 23)`` of the first iteration: the previous plan shifted by ``execute_steps``
+        waypoints (warm start) or the current joints held for T steps; std = the initial std."""
+        t, k = self.horizon, self.config.planner.execute_steps
+        std = self.init_std.to(self.device).expand(t, -1).clone()
+        prev = self._previous
+        if self.config.planner.warm_start and prev is not None and prev.shape[0] == t:
+            mean = torch.cat([prev[k:], prev[-1:].expand(k, -1)], dim=0)
+            return mean.clone(), std, True
+        return joints.to(torch.float32).expand(t, -1).clone(), std, False
+
+    # ------------------------------------------------------------------------------------------- replan
+    def _check(self, obs: PlanObservation) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        p = self.model.predictor
+        ctx = obs.context
+        if not isinstance(ctx, Tensor) or ctx.dim() != 3 or tuple(ctx.shape[1:]) != (p.num_tokens, p.input_dim):
+            raise ValueError(f"observation.context: expected latents (C, {p.num_tokens}, {p.input_dim}), found "
+                             f"{tuple(ctx.shape) if isinstance(ctx, Tensor) else type(ctx).__name__}")
+        c = ctx.shape[0]
+        times = torch.as_tensor(np.asarray(obs.times, dtype=np.float64) if not isinstance(obs.times, Tensor)
+                                else obs.times, dtype=torch.float64)
+        if tuple(times.shape) != (c,):
+            raise ValueError(f"observation.times: expected ({c},) capture times, found shape {tuple(times.shape)}")
+        joints = torch.as_tensor(np.asarray(obs.joints, dtype=np.float64) if not isinstance(obs.joints, Tensor)
+                                 else obs.joints).to(torch.float32)
+        if tuple(joints.shape) != (NUM_ROBOT_JOINTS,) or not bool(torch.isfinite(joints).all()):
+            raise ValueError(f"observation.joints: expected {NUM_ROBOT_JOINTS} finite joint positions, found shape "
+                             f"{tuple(joints.shape)}")
+        goal = obs.goal
+        if not isinstance(goal, Tensor) or tuple(goal.shape) != (p.num_tokens, p.input_dim):
+            raise ValueError(f"observation.goal: expected a latent ({p.num_tokens}, {p.input_dim}), found "
+                             f"{tuple(goal.shape) if isinstance(goal, Tensor) else type(goal).__name__}")
+        kp = None
+        if obs.goal_keypoints is not None:
+            kp = torch.as_tensor(np.asarray(obs.goal_keypoints, dtype=np.float64)
+                                 if not isinstance(obs.goal_keypoints, Tensor) else obs.goal_keypoints).float()
+            if tuple(kp.shape) == (2 * NUM_HAND_POINTS, 2):
+                kp = kp[RIGHT_HEATMAPS]
+            if tuple(kp.shape) != (NUM_HAND_POINTS, 2):
+                raise ValueError(f"observation.goal_keypoints: expected ({NUM_HAND_POINTS}, 2) or "
+                                 f"({2 * NUM_HAND_POINTS}, 2) pixels, found shape {tuple(kp.shape)}")
+        mask = None
+        if obs.mask is not None:
+            mask = torch.as_tensor(obs.mask)
+            if tuple(mask.shape) != (c,) or mask.dtype != torch.bool:
+                raise ValueError(f"observation.mask: expected ({c},) bool, found {mask.dtype} {tuple(mask.shape)}")
+        return ctx, times, joints, goal, kp, mask
+
+    @torch.no_grad()
+    def prepare(self, obs: PlanObservation) -> ReplanState:
+        """Encode the context into the shared cache and fix the goal: once per replan."""
+        t0 = time.perf_counter()
+        ctx, times, joints, goal, kp, mask = self._check(obs)
+        dev, dt = self.device, self.model_dtype
+        ctx, goal = ctx.to(dev, dt), goal.to(dev, dt)
+        cfg = self.config
+        with self.autocast():
+            cache = self.model.encode_context(ctx[None], times.to(dev)[None],
+                                              None if mask is None else mask.to(dev)[None])
+            plan = self.rollout.prepare(cache, ctx[-1:], cfg.planner.step_dt, self.horizon)
+        goal_uv = None
+        if cfg.cost.uses_hand:
+            goal_uv = kp.to(dev) if kp is not None else self.goal_keypoints(goal)
+        state = ReplanState(rollout=plan, goal=goal[None], goal_uv=goal_uv, joints=joints.to(dev),
+                            weights=step_weights(self.horizon, cfg.cost.step_weight_exponent, dev))
+        self._sync()
+        state.seconds = time.perf_counter() - t0
+        return state
+
+    def _rollout_chunk(self, state: ReplanState, actions: Tensor, head: bool) -> tuple[Tensor, Tensor | None]:
+        """Roll one chunk of samples out and reduce each predicted frame at once: latent distances ``(n, T)``
+        and, with ``head``, the hand head's right-hand keypoints ``(n, T, 6, 2)``."""
+        lat: list[Tensor] = []
+        uv: list[Tensor] = []
+
+        def on_step(s: int, pred: Tensor) -> None:
+            lat.append(latent_distance(pred, state.goal))
+            if head:
+                uv.append(self.model.hand_keypoints(pred)[0][:, RIGHT_HEATMAPS].float())
+
+        self.rollout.run(state.rollout, actions, on_step)
+        return torch.stack(lat, 1), (torch.stack(uv, 1) if head else None)
+
+    @torch.no_grad()
+    def evaluate(self, state: ReplanState, samples: Tensor, details: bool = False) -> Tensor | CostDetails:
+        """Costs ``(N,)`` of waypoint sequences ``(N, T, 23)`` (or every term with ``details``)."""
+        cfg = self.config.cost
+        samples = samples.to(self.device)
+        fk_hand = cfg.uses_hand and cfg.hand_source == "fk"
+        head = cfg.uses_hand and cfg.hand_source == "head"
+        kin = self.kin.evaluate(state.joints, samples, hand=fk_hand or details,
+                                orientation=cfg.orientation_weight > 0 or details)
+        n, cs = samples.shape[0], self.chunk_size
+        lat_parts, uv_parts = [], []
+        with self.autocast():
+            for i in range(0, n, cs):
+                lat, uv = self._chunk_fn(state, kin.actions[i:i + cs].to(self.model_dtype), head)
+                lat_parts.append(lat)
+                if uv is not None:
+                    uv_parts.append(uv)
+        latent = torch.cat(lat_parts)
+        hand_uv = torch.cat(uv_parts) if head else (kin.hand_uv if fk_hand else None)
+        hand = hand_distance(hand_uv, state.goal_uv, self.camera.image_hw) if hand_uv is not None else None
+        total = total_cost(cfg, state.weights, latent, hand, kin.palm_down)
+        if not details:
+            return total
+        return CostDetails(total=total, latent=latent, hand=hand, palm_down=kin.palm_down, hand_uv=hand_uv,
+                           fk_uv=kin.hand_uv)
+
+    @torch.no_grad()
+    def plan(self, obs: PlanObservation | ReplanState, generator: torch.Generator | None = None) -> PlanResult:
+        """One replan: the best T joint waypoints toward the goal (see module doc)."""
+        t0 = time.perf_counter()
+        state = obs if isinstance(obs, ReplanState) else self.prepare(obs)
+        if generator is None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(self.config.planner.seed + self._replans)
+        mean, std, warm = self.initial_distribution(state.joints)
+        t1 = time.perf_counter()
+        res = self.optimizer.run(lambda x: self.evaluate(state, x), mean, std, generator)
+        t2 = time.perf_counter()
+        det = self.evaluate(state, res.best[None], details=True)
+        cfg = self.config.cost
+        uses_head = cfg.uses_hand and cfg.hand_source == "head"
+        uv = det.hand_uv if uses_head else det.fk_uv
+        w = state.weights.tolist()
+        terms = {"weight": w, "latent": det.latent[0].tolist(),
+                 "hand": det.hand[0].tolist() if det.hand is not None else [],
+                 "orientation": (1.0 - det.palm_down[0].double()).tolist()}
+        self._sync()
+        t3 = time.perf_counter()
+        self._previous = res.best.clone()
+        result = PlanResult(
+            waypoints=res.best.cpu().double().numpy(), cost=res.best_cost, terms=terms,
+            hand_keypoints=uv[0].cpu().double().numpy(), hand_source="head" if uses_head else "fk",
+            iterations=res.iterations, mean=res.mean.cpu().double().numpy(), std=res.std.cpu().double().numpy(),
+            timing={"prepare_s": state.seconds if state is not obs else 0.0, "optimize_s": t2 - t1,
+                    "iterations_s": [s.seconds for s in res.iterations], "details_s": t3 - t2,
+                    "total_s": t3 - t0},
+            replan=self._replans, warm_started=warm)
+        self._replans += 1
+        return result

@@ -1,0 +1,418 @@
+"""Goal-image planners: optimiser core, joint limits, warm start, the fast rollout against the library's
+per-sample rollout, cost decrease, and the reference compute pattern computing the same costs."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dexwm_model.actions.allegro import allegro_sequence_actions
+from dexwm_model.encoders.factory import EncoderConfig
+from dexwm_model.kinematics.panda_allegro import PandaAllegroFK
+from dexwm_model.predictor.config import HandHeadConfig, load_predictor_config
+from dexwm_model.world_model import WorldModel, WorldModelConfig
+from dexwm_planner.planners import (
+    CachedRollout,
+    PlanObservation,
+    Planner,
+    SamplingOptimizer,
+    load_planner_config,
+    sim_camera,
+    sim_joint_limits,
+)
+from dexwm_planner.planners.attention import attention_lse, two_segment_attention
+from dexwm_planner.planners.reference import ReferencePattern
+
+IMAGE = 112
+LATENT = 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def randomize(module: torch.nn.Module, seed: int) -> None:
+    """Random values for every parameter (the zero-initialised AdaLN gates would hide every block)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            std = 1.0 / math.sqrt(p.shape[-1]) if p.dim() == 2 else 0.1
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * std)
+
+
+@pytest.fixture(scope="module")
+def world_model() -> WorldModel:
+    cfg = WorldModelConfig(
+        encoder=EncoderConfig(kind="dinov2", size="S", image_size=[IMAGE, IMAGE], random_init=True, seed=0),
+        predictor=load_predictor_config("tiny"),
+        hand_head=HandHeadConfig(depth=1, width=32, heads=2, mlp_ratio=2.0, sigma_px=2.0, loss_weight=100.0,
+                                 refine_radius_px=2),
+        latent_dim=LATENT)
+    model = WorldModel(cfg)
+    randomize(model.predictor, 1)
+    randomize(model.hand_head, 2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def fk() -> PandaAllegroFK:
+    return PandaAllegroFK.default()
+
+
+@pytest.fixture(scope="module")
+def home() -> np.ndarray:
+    from dexwm_hw.sim.scene import load_sim_config
+
+    return np.asarray(load_sim_config()[0].home, dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def frames(world_model):
+    g = torch.Generator().manual_seed(5)
+    images = (torch.rand(4, IMAGE, IMAGE, 3, generator=g) * 255).to(torch.uint8)
+    goal_image = (torch.rand(1, IMAGE, IMAGE, 3, generator=g) * 255).to(torch.uint8)
+    with torch.no_grad():
+        return images, world_model.encode(images), world_model.encode(goal_image)[0]
+
+
+def small_config(**planner):
+    base = {"samples": 24, "iterations": 3, "horizon": 2, "cem": {"elites": 5}, "mppi": {"elites": 5}}
+    base.update(planner)
+    return load_planner_config().replace(planner=base, runtime={"device": "cpu", "dtype": "float32",
+                                                                "chunk_size": 10})
+
+
+def make_planner(world_model, fk, cfg=None, **kw):
+    return Planner(world_model, cfg or small_config(), fk=fk, **kw)
+
+
+def observation(frames, home, n_ctx=4, goal_keypoints=None):
+    images, lat, goal = frames
+    times = 100.0 + 0.2 * np.arange(4)
+    return PlanObservation(context=lat[-n_ctx:], times=times[-n_ctx:], joints=home, goal=goal,
+                           goal_keypoints=goal_keypoints)
+
+
+# -------------------------------------------------------------------------------------------- optimiser core
+@pytest.mark.parametrize("method", ["cem", "mppi"])
+def test_optimizer_finds_quadratic_minimum_inside_the_box(method):
+    cfg = load_planner_config().replace(planner={
+        "method": method, "samples": 200, "iterations": 40, "horizon": 3,
+        "cem": {"elites": 20}, "mppi": {"temperature": 0.1, "elites": 20}}).planner
+    d = 5
+    low, high = -torch.ones(d), torch.ones(d)
+    target = torch.tensor([[0.3, -0.5, 0.1, 0.7, -0.2], [0.0, 0.4, -0.6, 0.2, 0.5], [-0.3, 0.2, 0.6, -0.7, 0.0]])
+    scale = torch.tensor([1.0, 2.0, 0.5, 1.5, 1.0])
+    seen = []
+
+    def cost(x):
+        seen.append(x)
+        return (((x - target) ** 2) * scale).sum((1, 2))
+
+    opt = SamplingOptimizer(cfg, low, high, torch.full((d,), 1e-4))
+    res = opt.run(cost, torch.zeros(3, d), torch.full((3, d), 0.5), torch.Generator().manual_seed(0))
+    assert res.best.shape == (3, d)
+    assert torch.allclose(res.best, target, atol=0.05), (res.best - target).abs().max()
+    assert res.best_cost == pytest.approx(float(cost(res.best[None])[0]), rel=1e-5)
+    assert res.best_cost < 5e-3
+    assert len(res.iterations) == 40 and all(len(s.elite_costs) == 20 for s in res.iterations)
+    assert all(s.elite_costs == sorted(s.elite_costs) for s in res.iterations)
+    # every evaluated sample is inside the box
+    allx = torch.cat(seen)
+    assert bool((allx >= low).all()) and bool((allx <= high).all())
+    if method == "mppi":
+        assert all(s.effective_samples is not None and 1.0 <= s.effective_samples <= 200 for s in res.iterations)
+
+
+def test_optimizer_minimum_outside_the_box_ends_on_the_bound():
+    cfg = load_planner_config().replace(planner={"samples": 100, "iterations": 25, "horizon": 1,
+                                                 "cem": {"elites": 10}}).planner
+    low, high = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 0.5])
+    seen = []
+
+    def cost(x):
+        seen.append(x)
+        return ((x - torch.tensor([3.0, -2.0])) ** 2).sum((1, 2))
+
+    res = SamplingOptimizer(cfg, low, high, torch.full((2,), 1e-3)).run(
+        cost, torch.zeros(1, 2), torch.ones(1, 2), torch.Generator().manual_seed(1))
+    assert torch.allclose(res.best[0], torch.tensor([1.0, 0.0]), atol=1e-3)
+    allx = torch.cat(seen)
+    assert bool((allx >= low).all()) and bool((allx <= high).all())
+    assert bool((res.mean >= low).all()) and bool((res.mean <= high).all())
+
+
+def test_optimizer_rejects_bad_inputs():
+    cfg = load_planner_config().planner
+    with pytest.raises(ValueError, match="low must not exceed high"):
+        SamplingOptimizer(cfg, torch.ones(2), torch.zeros(2), torch.zeros(2))
+    opt = SamplingOptimizer(cfg, -torch.ones(2), torch.ones(2), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"shape \(T, 2\)"):
+        opt.run(lambda x: x.sum((1, 2)), torch.zeros(3, 4), torch.ones(3, 4))
+    with pytest.raises(ValueError, match="cost function returned shape"):
+        opt.run(lambda x: x.sum(2), torch.zeros(3, 2), torch.ones(3, 2))
+
+
+# -------------------------------------------------------------------------------------------- attention
+def test_two_segment_attention_equals_attention_over_the_union():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(5, 4, 7, 8, generator=g, dtype=torch.float64)
+    ks, vs = torch.randn(1, 4, 30, 8, generator=g, dtype=torch.float64), torch.randn(1, 4, 30, 8, generator=g,
+                                                                                   dtype=torch.float64)
+    ko, vo = torch.randn(5, 4, 11, 8, generator=g, dtype=torch.float64), torch.randn(5, 4, 11, 8, generator=g,
+                                                                                   dtype=torch.float64)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, torch.cat([ks.expand(5, -1, -1, -1), ko], 2), torch.cat([vs.expand(5, -1, -1, -1), vo], 2))
+    for backend in (None, "explicit"):
+        out = two_segment_attention(q, ks, vs, ko, vo, backend)
+        assert torch.allclose(out, ref, atol=1e-12)
+    _, lse = attention_lse(q, ko, vo)
+    s = q @ ko.transpose(-1, -2) / math.sqrt(8)
+    assert torch.allclose(lse, torch.logsumexp(s, -1), atol=1e-12)
+
+
+# -------------------------------------------------------------------------------------------- rollout
+@pytest.mark.parametrize("n_ctx,steps,masked", [(8, 3, False), (3, 2, False), (6, 3, True), (2, 10, False)])
+def test_batched_rollout_equals_per_sample_rollouts(world_model, n_ctx, steps, masked):
+    pred = copy.deepcopy(world_model.predictor).double()
+    g = torch.Generator().manual_seed(n_ctx + steps)
+    p, d = pred.num_tokens, pred.input_dim
+    ctx = torch.randn(1, n_ctx, p, d, generator=g, dtype=torch.float64)
+    times = (50.0 + torch.cumsum(0.1 + 0.3 * torch.rand(1, n_ctx, generator=g, dtype=torch.float64), 1))
+    mask = None
+    if masked:
+        mask = torch.ones(1, n_ctx, dtype=torch.bool)
+        mask[0, [0, 2]] = False
+    n = 4
+    actions = 0.05 * torch.randn(n, steps, 132, generator=g, dtype=torch.float64)
+    dts = 0.1 + 0.2 * torch.rand(steps, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        cache = pred.encode_context(ctx, times, mask)
+        fast = CachedRollout(pred)
+        plan = fast.prepare(cache, ctx[:, -1], dts, steps)
+        batched = torch.stack(fast.run(plan, actions), 1)
+        if steps == 10:  # the window outgrew the context: its own oldest predictions leave it too
+            assert plan.shared_start[-1] == 2 - int(masked) and plan.own_range[-1] == (1, 9)
+        for i in range(n):
+            one = pred.rollout_from_cache(cache, ctx[:, -1], actions[i:i + 1], dts)
+            assert torch.allclose(batched[i:i + 1], one, atol=1e-10), (batched[i:i + 1] - one).abs().max()
+        # and in float32 (the planner's precision), against the library's N-sample rollout
+        pred32 = pred.float()
+        cache32 = pred32.encode_context(ctx.float(), times, mask)
+        plan32 = fast.prepare(cache32, ctx[:, -1].float(), dts, steps)
+        b32 = torch.stack(fast.run(plan32, actions.float()), 1)
+        lib = pred32.rollout_from_cache(cache32, ctx[:, -1].float(), actions.float(), dts)
+        # float32 rounding compounds over autoregressive steps: compare relative to the values' scale
+        assert float((b32 - lib).abs().max()) <= 2e-6 * float(lib.abs().max()), (b32 - lib).abs().max()
+    assert batched.shape == (n, steps, p, d)
+    assert not torch.allclose(batched[0], batched[1])  # the samples' actions matter
+
+
+def test_rollout_prepare_rejects_a_used_cache(world_model):
+    pred = world_model.predictor
+    p, d = pred.num_tokens, pred.input_dim
+    ctx = torch.randn(2, 3, p, d)
+    with torch.no_grad():
+        cache = pred.encode_context(ctx, torch.tensor([[0.0, 0.1, 0.2]] * 2))
+    with pytest.raises(ValueError, match="batch-1 context cache"):
+        CachedRollout(pred).prepare(cache, ctx[:1, -1], 0.2, 2)
+
+
+# -------------------------------------------------------------------------------------------- kinematics
+def test_plan_actions_equal_allegro_sequence_actions(world_model, fk, home):
+    planner = make_planner(world_model, fk)
+    g = torch.Generator().manual_seed(3)
+    q0 = torch.as_tensor(home, dtype=torch.float32)
+    samples = q0 + 0.1 * torch.randn(4, 3, 23, generator=g)
+    out = planner.kin.evaluate(q0, samples, hand=True, orientation=True)
+    joints = torch.cat([q0.expand(4, 1, 23), samples], 1)
+    ref = allegro_sequence_actions(joints, torch.as_tensor(planner.camera.pose, dtype=torch.float32), fk)
+    assert torch.allclose(out.actions, ref, atol=1e-6)
+    assert out.hand_uv.shape == (4, 3, 6, 2) and bool(torch.isfinite(out.hand_uv).all())
+    assert torch.allclose(out.hand_uv[:, :, None], planner.kin.hand_pixels(samples)[:, :, None], atol=1e-4)
+    # home has the palm facing down (scene.py): cosine close to 1
+    home_kin = planner.kin.evaluate(q0, q0.expand(1, 1, 23).clone(), orientation=True)
+    assert float(home_kin.palm_down[0, 0]) > 0.99
+
+
+# -------------------------------------------------------------------------------------------- planner
+def test_samples_respect_joint_limits_and_warm_start_shifts(world_model, fk, frames, home):
+    low, high = sim_joint_limits()
+    planner = make_planner(world_model, fk, small_config(horizon=3, init_std_arm=3.0, init_std_hand=3.0))
+    seen = []
+    evaluate = planner.evaluate
+
+    def spy(state, samples, details=False):
+        seen.append(samples.clone())
+        return evaluate(state, samples, details)
+
+    planner.evaluate = spy
+    obs = observation(frames, home)
+    first = planner.plan(obs)
+    allx = torch.cat(seen)
+    assert allx.shape[1:] == (3, 23)
+    assert bool((allx >= torch.as_tensor(low, dtype=torch.float32)).all())
+    assert bool((allx <= torch.as_tensor(high, dtype=torch.float32)).all())
+    # wide sampling does hit the limits: clamping, not luck
+    assert bool((allx == torch.as_tensor(high, dtype=torch.float32)).any())
+    assert np.all(first.waypoints >= low - 1e-6) and np.all(first.waypoints <= high + 1e-6)
+    assert not first.warm_started and first.replan == 0
+
+    # warm start: the previous best shifted by one step, last waypoint repeated
+    mean, std, warm = planner.initial_distribution(torch.as_tensor(home, dtype=torch.float32))
+    prev = torch.as_tensor(first.waypoints, dtype=torch.float32)
+    assert warm
+    assert torch.allclose(mean[0], prev[1]) and torch.allclose(mean[1], prev[2]) and torch.allclose(mean[2], prev[2])
+    assert torch.allclose(std[0, :7], torch.full((7,), 3.0)) and torch.allclose(std[0, 7:], torch.full((16,), 3.0))
+    second = planner.plan(obs)
+    assert second.warm_started and second.replan == 1
+    assert torch.allclose(seen[len(seen) - 4][0], mean)  # sample 0 of the first iteration is the warm-start mean
+
+    # open-loop execution of two steps: shift by two
+    planner2 = make_planner(world_model, fk, small_config(horizon=2, execute_steps=2, iterations=1))
+    r = planner2.plan(obs)
+    mean2, _, warm2 = planner2.initial_distribution(torch.as_tensor(home, dtype=torch.float32))
+    prev2 = torch.as_tensor(r.waypoints, dtype=torch.float32)
+    assert warm2 and torch.allclose(mean2, prev2[1:].expand(2, -1))
+    planner2.reset()
+    mean3, _, warm3 = planner2.initial_distribution(torch.as_tensor(home, dtype=torch.float32))
+    assert not warm3 and torch.allclose(mean3, torch.as_tensor(home, dtype=torch.float32).expand(2, -1))
+    # no warm start at all when configured off
+    planner3 = make_planner(world_model, fk, small_config(warm_start=False, iterations=1))
+    planner3.plan(obs)
+    assert not planner3.initial_distribution(torch.as_tensor(home, dtype=torch.float32))[2]
+
+
+@pytest.mark.parametrize("method", ["cem", "mppi"])
+def test_costs_decrease_over_iterations(world_model, fk, frames, home, method):
+    cfg = small_config(method=method, samples=48, iterations=5, horizon=2, seed=3, init_std_arm=0.3,
+                       cem={"elites": 6}, mppi={"elites": 6, "temperature": 0.1})
+    # only the last step counts and no hand term: the target motion below has cost 0
+    cfg = cfg.replace(cost={"hand_weight": 0.0, "step_weight_exponent": 30.0})
+    planner = make_planner(world_model, fk, cfg)
+    # a reachable goal: the frame the model predicts for a known target motion
+    obs = observation(frames, home)
+    state = planner.prepare(obs)
+    target = torch.as_tensor(home, dtype=torch.float32).expand(2, -1).clone()
+    target[:, :7] += torch.tensor([0.25, -0.2, 0.15, 0.2, -0.1, 0.2, 0.3])
+    det = planner.evaluate(state, target[None], details=True)
+    kin = planner.kin.evaluate(state.joints, target[None])
+    goal = torch.stack(planner.rollout.run(state.rollout, kin.actions), 1)[0, -1]
+    obs.goal = goal
+    res = planner.plan(obs)
+    elite_means = [float(np.mean(s.elite_costs)) for s in res.iterations]
+    assert elite_means[-1] < 0.25 * elite_means[0], elite_means
+    assert float(planner.evaluate(planner.prepare(obs), target[None])[0]) < 1e-6  # the target is optimal
+    best = [s.best_so_far for s in res.iterations]
+    assert all(b2 <= b1 for b1, b2 in zip(best, best[1:]))
+    assert res.cost == pytest.approx(best[-1], rel=1e-6)
+    # the reported cost and terms are those of the returned waypoints
+    state2 = planner.prepare(obs)
+    again = planner.evaluate(state2, torch.as_tensor(res.waypoints, dtype=torch.float32)[None])
+    assert float(again[0]) == pytest.approx(res.cost, rel=1e-4)
+    assert res.hand_keypoints.shape == (2, 6, 2) and len(res.terms["latent"]) == 2
+    assert det.total.shape == (1,)
+
+
+@pytest.mark.parametrize("hand_source", ["fk", "head"])
+def test_reference_pattern_gives_the_same_costs(world_model, fk, frames, home, hand_source):
+    n_ctx = 3
+    cfg = small_config(horizon=2).replace(cost={"hand_source": hand_source, "hand_weight": 0.01,
+                                                "orientation_weight": 0.5})
+    planner = make_planner(world_model, fk, cfg)
+    goal_uv = torch.tensor([[40.0, 50.0], [60.0, 30.0], [float("nan"), float("nan")], [55.0, 70.0],
+                            [20.0, 20.0], [90.0, 100.0]])
+    obs = observation(frames, home, n_ctx=n_ctx, goal_keypoints=goal_uv)
+    state = planner.prepare(obs)
+    g = torch.Generator().manual_seed(11)
+    samples = torch.as_tensor(home, dtype=torch.float32) + 0.15 * torch.randn(5, 2, 23, generator=g)
+    samples = torch.clamp(samples, planner.joint_low, planner.joint_high)
+    fast = planner.evaluate(state, samples, details=True)
+    images = frames[0][-n_ctx:]
+    ref = ReferencePattern(world_model, cfg, planner.camera, chunk_size=2)
+    ref_costs = ref.costs(images, obs.times, home, obs.goal, samples, goal_uv)
+    assert torch.allclose(fast.total.double(), ref_costs, rtol=1e-4, atol=1e-4), (fast.total, ref_costs)
+    assert float(fast.total.std()) > 1e-3  # the costs differ between samples: the comparison is not vacuous
+    assert fast.hand is not None and bool((fast.hand > 0).all())
+    # the reference re-encoded the context images for every sample and step, and ran FK per joint vector
+    assert ref.counters["encoded_images"] == 5 * (3 + 3)
+    assert ref.counters["fk_calls"] == 5 * 3 and ref.counters["predictor_queries"] == 5 * 2
+
+
+def test_reference_pattern_with_a_full_sliding_window(world_model, fk, frames, home):
+    """8 context frames: every rollout step drops the oldest frame (the window slides)."""
+    images, lat, goal = frames
+    images8 = torch.cat([images, images.flip(0)])
+    with torch.no_grad():
+        lat8 = world_model.encode(images8)
+    cfg = small_config(horizon=2).replace(cost={"hand_weight": 0.0})
+    planner = make_planner(world_model, fk, cfg)
+    times = 10.0 + 0.2 * np.arange(8)
+    obs = PlanObservation(context=lat8, times=times, joints=home, goal=goal)
+    g = torch.Generator().manual_seed(4)
+    samples = torch.as_tensor(home, dtype=torch.float32) + 0.1 * torch.randn(2, 2, 23, generator=g)
+    samples = torch.clamp(samples, planner.joint_low, planner.joint_high)
+    fast = planner.evaluate(planner.prepare(obs), samples)
+    # the same observation built by the planner's helper (the images encoded in one call)
+    obs2 = planner.observe(images8, times, home, goal)
+    assert torch.allclose(obs2.context, lat8, atol=1e-5)
+    ref = ReferencePattern(world_model, cfg, planner.camera)
+    assert torch.allclose(fast.double(), ref.costs(images8, times, home, goal, samples), rtol=1e-4, atol=1e-4)
+    assert ref.counters["encoded_images"] == 2 * (8 + 7)
+
+
+def test_hand_goal_from_the_goal_latent_and_observation_errors(world_model, fk, frames, home):
+    cfg = small_config(iterations=1).replace(cost={"hand_source": "head"})
+    planner = make_planner(world_model, fk, cfg)
+    obs = observation(frames, home)
+    state = planner.prepare(obs)
+    assert torch.allclose(state.goal_uv, planner.goal_keypoints(frames[2]))
+    assert state.goal_uv.shape == (6, 2)
+    res = planner.plan(obs)
+    assert res.hand_source == "head" and res.hand_keypoints.shape == (2, 6, 2)
+    bad = [
+        (dict(joints=np.zeros(22)), "observation.joints"),
+        (dict(times=[0.0, 1.0]), "observation.times"),
+        (dict(context=frames[1][:, :, :5]), "observation.context"),
+        (dict(goal=frames[2][:3]), "observation.goal"),
+        (dict(goal_keypoints=np.zeros((5, 2))), "observation.goal_keypoints"),
+        (dict(mask=np.ones(4)), "observation.mask"),
+    ]
+    for change, field in bad:
+        o = observation(frames, home)
+        for k, v in change.items():
+            setattr(o, k, v)
+        with pytest.raises(ValueError, match=field):
+            planner.plan(o)
+
+
+def test_default_camera_and_limits_come_from_the_simulated_scene(world_model):
+    low, high = sim_joint_limits()
+    assert low.shape == (23,) and bool((low < high).all())
+    cam = sim_camera(world_model.encoder.preprocess)
+    assert cam.image_hw == (IMAGE, IMAGE)
+    assert cam.intrinsics[0, 2] == pytest.approx(IMAGE / 2) and cam.intrinsics[1, 2] == pytest.approx(IMAGE / 2)
+    full = sim_camera()
+    assert cam.intrinsics[0, 0] == pytest.approx(full.intrinsics[0, 0] * IMAGE / full.image_hw[1])
+
+
+def test_memory_budget_shrinks_chunks_without_changing_costs(world_model, fk, frames, home):
+    wide = make_planner(world_model, fk)
+    tight = make_planner(world_model, fk, small_config().replace(runtime={"memory_budget_gb": 1e-6}))
+    assert wide.chunk_size == 10 and tight.chunk_size == 1
+    assert tight.sample_bytes() > 0
+    obs = observation(frames, home)
+    g = torch.Generator().manual_seed(8)
+    samples = torch.as_tensor(home, dtype=torch.float32) + 0.1 * torch.randn(7, 2, 23, generator=g)
+    samples = torch.clamp(samples, wide.joint_low, wide.joint_high)
+    a = wide.evaluate(wide.prepare(obs), samples)
+    b = tight.evaluate(tight.prepare(obs), samples)
+    assert torch.allclose(a, b, rtol=1e-5)
