@@ -128,9 +128,8 @@ class WorldModel(nn.Module):
         if not isinstance(data, dict):
             raise CheckpointError(f"{cfg_path}: expected a mapping")
         config = WorldModelConfig.from_dict(data, str(cfg_path))
-        # the encoder's weights are in the checkpoint: build its architecture without loading anything else
-        enc_cfg = dataclasses.replace(config.encoder, weights=None, random_init=True) \
-            if config.encoder.kind == "dinov2" else config.encoder
+        # the encoder's weights are in the checkpoint: build its architecture without loading any other file
+        enc_cfg = dataclasses.replace(config.encoder, weights=None, random_init=True)
         model = cls(dataclasses.replace(config, encoder=enc_cfg))
         model.config = config
         try:

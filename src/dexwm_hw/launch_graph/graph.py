@@ -33,6 +33,7 @@ PACKAGE = "dexwm"
 TASKS = ("reach", "grasp", "place")
 BACKENDS = ("sim", "real")
 RVIZ_CONFIG = "dexwm.rviz"
+NEEDS_CHECKPOINT = ("dexwm_world_model_node", "dexwm_planner_node")  # not started without a checkpoint
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,10 @@ class ArgumentSpec:
 ARGUMENTS: tuple[ArgumentSpec, ...] = (
     ArgumentSpec("backend", "sim", "sim: the MuJoCo robot behind the drivers' topics; real: franka_ros2 + "
                  "allegro_hand_ros2 brought up separately, RealSense camera", BACKENDS),
-    ArgumentSpec("goal_image", "", "goal image file for the planner (empty: the task suite episode's goal)"),
-    ArgumentSpec("checkpoint", "", "world model checkpoint (empty: the world model node's default)"),
+    ArgumentSpec("goal_image", "", "goal image file: the planner runs the task with it and its exit ends the run "
+                 "(empty: the planner serves RunTask goals on /dexwm/run_task)"),
+    ArgumentSpec("checkpoint", "", "world-model checkpoint folder of the world model and planner nodes (empty: those "
+                 "two nodes are not started)"),
     ArgumentSpec("rviz", "false", "start RViz with config/dexwm.rviz", ("true", "false")),
     ArgumentSpec("record", "false", "record the run's topics with the recorder node", ("true", "false")),
     ArgumentSpec("seed", "0", "random seed (simulated object layout, planner sampling)"),
@@ -248,7 +251,9 @@ def _all_nodes(task: str, backend: str, values: dict[str, str]) -> list[NodeSpec
         node("dexwm_world_model_node", "dexwm_world_model", ("world_model_node.yaml", "world_model.yaml"),
              {"checkpoint": values["checkpoint"]}, description="latent world model (encoder + predictor)"),
         node("dexwm_planner_node", "dexwm_planner", ("planner_node.yaml", "planner.yaml"),
-             {"task": task, "goal_image": values["goal_image"], "seed": seed, "episode": episode}, ends_run=True,
+             {"task": task if values["goal_image"] else "", "goal_image": values["goal_image"], "seed": seed,
+              "checkpoint": values["checkpoint"]},
+             ends_run=True,
              description=f"plans the {task} task in the world model's latent space"),
         node("dexwm_recorder_node", "dexwm_recorder", ("recorder_node.yaml", "recorder.yaml"), condition="record",
              description="records the run's topics"),
@@ -287,6 +292,9 @@ def describe(task: str, backend: str = "sim", **arguments: Any) -> Graph:
             where = ("console script not installed (not in pyproject.toml [project.scripts] or not re-installed)"
                      if node.package == PACKAGE else f"ROS package {node.package} not installed")
             missing.append(MissingNode(node, f"{node.executable}: {where}"))
+        elif node.executable in NEEDS_CHECKPOINT and not values["checkpoint"]:
+            missing.append(MissingNode(node, f"{node.executable}: needs a world-model checkpoint (argument "
+                                             "checkpoint / --checkpoint DIR)"))
         else:
             nodes.append(node)
     return Graph(task=task, backend=backend, arguments=values, nodes=nodes, missing=missing,

@@ -9,6 +9,7 @@ from dexwm_model.encoders.dinov2 import Dinov2Encoder
 from dexwm_model.encoders.factory import ENCODERS, EncoderConfig, build_encoder, load_encoder_config, register_encoder
 from dexwm_model.encoders.preprocess import IMAGENET_MEAN, IMAGENET_STD, CropGeometry, ImagePreprocessor
 from dexwm_model.encoders.projection import TokenProjection
+from dexwm_model.encoders.sim_vit import SimViTEncoder  # noqa: F401  (registers encoder kind "dexwm_vit")
 
 __all__ = [
     "ENCODERS",
