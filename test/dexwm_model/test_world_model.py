@@ -88,3 +88,26 @@ def test_damaged_files_are_reported(saved, tmp_path):
     (d / "config.yaml").write_text(yaml.safe_dump(wider))
     with pytest.raises(CheckpointError, match=r"weights do not match config.yaml: missing \['predictor.blocks.2"):
         WorldModel.load(d)
+
+
+def test_dexwm_vit_checkpoint_needs_no_encoder_folder(tmp_path):
+    """The checkpoint holds the encoder's weights: loading must not look for the folder the config names."""
+    import dataclasses
+
+    from dexwm_model.encoders.factory import EncoderConfig, build_encoder
+    from dexwm_model.predictor.config import load_hand_head_config, load_predictor_config
+    from dexwm_model.world_model import WorldModelConfig
+
+    trained = build_encoder(EncoderConfig(kind="dexwm_vit", size=None, image_size=[112, 112], random_init=True, seed=3))
+    cfg = WorldModelConfig(
+        encoder=EncoderConfig(kind="dexwm_vit", size=None, image_size=[112, 112], weights=str(tmp_path / "gone")),
+        predictor=load_predictor_config("tiny"),
+        hand_head=dataclasses.replace(load_hand_head_config(), depth=1, width=64),
+        latent_dim=trained.dim,
+    )
+    model = WorldModel(cfg, encoder=trained)
+    model.save(tmp_path / "ckpt")
+    back = WorldModel.load(tmp_path / "ckpt")
+    assert back.config.encoder.weights == str(tmp_path / "gone")
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8))
+    torch.testing.assert_close(model.eval().encode(images), back.encode(images), rtol=0, atol=0)
