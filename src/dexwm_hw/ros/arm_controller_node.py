@@ -15,13 +15,9 @@ This node decides nothing: what reaches it has been approved by ``dexwm_safety``
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -35,6 +31,7 @@ from dexwm_hw.ros.controller_common import (
     parse_command,
 )
 from dexwm_hw.ros.joint_names import ARM_JOINT_NAMES
+from dexwm_hw.ros.node_runner import run_node
 from dexwm_hw.safety.config import node_section
 from dexwm_hw.safety.motion import QuinticMove
 from dexwm_model.config import ConfigError
@@ -166,24 +163,7 @@ class ArmControllerNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ArmControllerNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ConfigError, ParameterException) as exc:
-        print(f"dexwm_arm_controller_node: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(ArmControllerNode, "dexwm_arm_controller_node", args)
 
 
 if __name__ == "__main__":

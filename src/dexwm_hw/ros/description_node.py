@@ -18,13 +18,9 @@ joints stops the node (exit 2).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -36,6 +32,7 @@ from dexwm_hw.description.generate import urdf_path
 from dexwm_hw.description.urdf_model import UrdfRobot, axis_angle_matrix, parse_urdf
 from dexwm_hw.ros import conversions as conv
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_hw.ros.node_runner import run_node
 from dexwm_model.config import ConfigError, from_dict, load_yaml
 
 NODE_NAME = "dexwm_description"
@@ -135,23 +132,7 @@ class DescriptionNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = DescriptionNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ConfigError, ParameterException) as exc:
-        print(f"dexwm_description_node: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(DescriptionNode, "dexwm_description_node", args)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,9 @@ This node decides nothing: what reaches it has been approved by ``dexwm_safety``
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
@@ -26,6 +22,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dexwm_hw.ros.controller_common import COMMAND_QOS, COMMAND_TOPIC, float_range, joint_positions, parse_command
 from dexwm_hw.ros.joint_names import HAND_JOINT_NAMES
+from dexwm_hw.ros.node_runner import run_node
 from dexwm_hw.safety.config import node_section
 from dexwm_hw.safety.motion import QuinticMove
 from dexwm_model.config import ConfigError
@@ -94,23 +91,7 @@ class HandControllerNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = HandControllerNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ConfigError, ParameterException) as exc:
-        print(f"dexwm_hand_controller_node: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(HandControllerNode, "dexwm_hand_controller_node", args)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,8 @@ parameter is read-only: limits cannot be loosened while the robot runs.
 from __future__ import annotations
 
 import json
-import sys
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -42,6 +38,7 @@ from dexwm_hw.ros.controller_common import (
 )
 from dexwm_hw.ros.conversions import duration_to_seconds
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_hw.ros.node_runner import run_node
 from dexwm_hw.safety.config import SAFETY_NODE_NAME, config_from_values, load_safety_config
 from dexwm_hw.safety.limits import JointLimits
 from dexwm_hw.safety.supervisor import Command, SafetySupervisor
@@ -209,23 +206,7 @@ class SafetyNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SafetyNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ConfigError, ParameterException) as exc:
-        print(f"dexwm_safety_node: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(SafetyNode, "dexwm_safety_node", args)
 
 
 if __name__ == "__main__":

@@ -24,17 +24,13 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first mujoco import (offscreen rendering)
 
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
-import rclpy  # noqa: E402
 from geometry_msgs.msg import PoseArray, TransformStamped  # noqa: E402
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor  # noqa: E402
-from rclpy.exceptions import ParameterException  # noqa: E402
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -57,6 +53,7 @@ from dexwm_hw.ros.joint_names import (  # noqa: E402
     arm_indices,
 )
 from dexwm_hw.ros.trajectory import CombinedSetpoint, HermiteTrajectory, plan_trajectory  # noqa: E402
+from dexwm_hw.ros.node_runner import run_node
 from dexwm_hw.sim.robot import PandaAllegroSim  # noqa: E402
 from dexwm_hw.sim.scene import KEYPOINT_SITES, load_sim_config  # noqa: E402
 from dexwm_model.config import ConfigError, from_dict, load_yaml  # noqa: E402
@@ -351,24 +348,7 @@ class SimNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ConfigError, ParameterException) as exc:
-        print(f"dexwm_sim_node: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(SimNode, "dexwm_sim_node", args)
 
 
 if __name__ == "__main__":
