@@ -104,10 +104,12 @@ class ClipDataset(Dataset):
 
     # ------------------------------------------------------------------------------------------ for subclasses
     def _index(self) -> list[EpisodeEntry]:
-        raise NotImplementedError
+        """Every episode of the source with its frame times (each adapter reads its own on-disk format)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _index() (list its episodes)")
 
     def _load(self, entry: EpisodeEntry, indices: np.ndarray) -> LoadedClip:
-        raise NotImplementedError
+        """Frames, keypoints and camera data of ``entry`` at the sampled frame ``indices``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _load() (read the sampled frames)")
 
     def _looked_for(self) -> str:
         return f"under {self.root}"
