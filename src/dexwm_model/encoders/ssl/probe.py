@@ -8,7 +8,10 @@ separate held-out episodes: R^2 (averaged over the coordinates) and mean pixel e
 episode's frame, 224 x 224 for our simulator). Frames where a target point lies outside the image are left out.
 
 Feature sets compared: the trained encoder's tokens (flattened ``P * d`` and mean-pooled ``d``), the same
-architecture with random weights, and raw RGB pixels downsampled to ``raw_pixels_size``.
+architecture with random weights, and raw RGB pixels downsampled to ``raw_pixels_size``. For the tokens there is
+also a per-token probe (:func:`evaluate_token_probe`): one linear map shared by all tokens, from a token to the
+Gaussian heat of each target point at that token's patch, read out as positions. It has ``P`` times more rows
+than the flattened probe, which matters for objects: a training set holds one object layout per episode.
 
 ``python -m dexwm_model.encoders.ssl.probe --encoder FOLDER --train DIR --test DIR [--out report.json]``
 prints (and writes) one JSON report.
