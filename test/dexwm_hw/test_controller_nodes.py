@@ -23,7 +23,7 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
-from dexwm_hw.ros.controller_common import ESTOP_SERVICE, STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC  # noqa: E402
+from dexwm_hw.ros.controller_common import COMMAND_TOPIC, ESTOP_SERVICE, STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC  # noqa: E402
 from dexwm_hw.ros.conversions import seconds_to_duration  # noqa: E402
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES  # noqa: E402
 from dexwm_hw.safety.config import load_safety_config  # noqa: E402
@@ -122,7 +122,7 @@ class Graph:
         with self.lock:
             return [q for t, q in self.joint_states if t >= t0]
 
-    def wait_for(self, predicate, what: str, timeout: float = WAIT):
+    def wait_for(self, predicate, what: str, timeout: float = WAIT, detail=lambda: ""):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             for p in [self.sim, *self.nodes]:
@@ -132,7 +132,7 @@ class Graph:
             if _ready(value):
                 return value
             time.sleep(0.02)
-        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last status: {self.status()}")
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; {detail()} last status: {self.status()}")
 
     def wait_status(self, condition, what: str) -> dict:
         return self.wait_for(lambda: (s := self.status()) is not None and condition(s) and s, what)
@@ -172,6 +172,15 @@ class Graph:
         self.wait_status(lambda s: s["accepting"], "the safety layer accepting waypoints")
         return self.wait_settled("the robot at rest at home")
 
+    def wait_connected(self) -> None:
+        """Every hop of the command chain discovered (safety -> arm/hand controllers -> simulator): a waypoint sent
+        before that would be dropped by DDS on a loaded machine, not by the code under test."""
+        hops = [(COMMAND_TOPIC, 1, 2), ("panda_arm_controller/joint_trajectory", 1, 1),
+                ("allegro_hand_position_controller/commands", 1, 1)]
+        for topic, publishers, subscribers in hops:
+            self.wait_for(lambda: self.node.count_publishers(topic) >= publishers
+                          and self.node.count_subscribers(topic) >= subscribers, f"the {topic} connections")
+
     def count(self, key: str) -> int:
         return self.status()["counts"][key]
 
@@ -206,6 +215,7 @@ def graph(tmp_path_factory):
     try:
         g.wait_status(lambda s: s["state"] == "READY", "the safety node READY (joint states and camera flowing)")
         g.wait_for(lambda: g.waypoints.get_subscription_count() > 0, "the safety node's waypoint subscription")
+        g.wait_connected()
         yield g
     finally:
         logs = g.close()
@@ -229,7 +239,8 @@ def test_waypoint_within_limits_reaches_the_arm_and_the_hand(graph):
     target[[8, 9, 12, 20]] += [0.5, 0.4, 0.6, 0.3]  # index, middle, thumb curl
     graph.send(target, 0.8)
     q = graph.wait_for(lambda: (q := graph.joints()) is not None and np.abs(q[:7] - target[:7]).max() < 0.01
-                       and np.abs(q[7:] - target[7:]).max() < 0.03 and q, "arm and hand at the waypoint")
+                       and np.abs(q[7:] - target[7:]).max() < 0.03 and q,
+                       "arm and hand at the waypoint", detail=lambda: f"error per joint {graph.joints() - target}")
     np.testing.assert_allclose(q, target, atol=0.03)
     status = graph.wait_status(lambda s: s["counts"]["accepted"] > accepted, "the acceptance in the status")
     assert status["state"] == "READY" and status["last_accepted"]["duration"] == pytest.approx(0.8)
