@@ -1,6 +1,19 @@
 import os
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_LOG_DIR", str(Path(__file__).resolve().parents[1] / "log" / "ros"))
+
+
+@pytest.fixture(autouse=True)
+def normal_scheduler_after_each_test():
+    """No test may leave pytest's thread on a real-time scheduler: every process and thread started afterwards
+    would inherit it and could starve the machine (libfranka raises the thread that starts a control loop to
+    SCHED_FIFO 99). The test that did it fails here, and the scheduler is put back for the tests after it."""
+    yield
+    if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        pytest.fail("this test left pytest's thread on a real-time scheduler (put back to SCHED_OTHER now)")

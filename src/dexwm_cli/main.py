@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data check": ("dexwm_model.data.cli_check", "validate episodes written in our dataset format"),
     "train encoder": ("dexwm_model.encoders.ssl.train", "train the dexwm_vit image encoder (MAE) on sim episodes"),
     "train decoder": ("dexwm_model.decoder.train", "train the latent -> image decoder on frozen encoder tokens"),
+    "train diffusion-policy": ("dexwm_planner.baselines.diffusion_policy.train",
+                               "train the goal-image Diffusion Policy baseline on robot episodes (hindsight goals)"),
     "bench sim": ("dexwm_hw.sim.bench", "measure simulator physics steps/s and render fps (JSON)"),
     "bench sim-node": ("dexwm_hw.ros.bench", "measure the sim ROS node's achieved control and camera rates (JSON)"),
     "bench fk": ("dexwm_model.kinematics.bench", "measure batched forward-kinematics calls/s and joint-vectors/s (JSON)"),
@@ -26,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("dexwm_hw.launch_graph.cli", "start a task's ROS 2 graph (sim or real backend) and watch it"),
     "train world-model": ("dexwm_model.training.cli", "train / fine-tune the latent world model (DDP-capable)"),
     "eval": ("dexwm_model.evaluation.cli", "open-loop world-model evaluation: latent error and hand PCK per step"),
+    "record": ("dexwm_hw.bags.cli_record", "record the run's topics into a rosbag2 bag (MCAP, zstd)"),
+    "replay": ("dexwm_hw.bags.cli_replay", "republish a bag's raw messages with the recorded timing"),
 }
 
 

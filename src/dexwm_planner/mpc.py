@@ -15,8 +15,9 @@ What is computed once and cached:
 * the planner's warm start (previous best plan shifted by the executed waypoints) carries over between replans
   and is cleared with the goal.
 
-After each replan the best plan is rolled out once more (one sample) to get its predicted latents: their hand
-keypoints are :attr:`MPCStep.predicted_keypoints`, and the predicted latent of the frame after the executed
+After each replan the best plan is rolled out once more (one sample) to get its predicted latents (kept as
+``GoalImageMPC.last_predicted_latents`` ``(T, P, d)`` until the next replan, e.g. to decode imagined frames): their
+hand keypoints are :attr:`MPCStep.predicted_keypoints`, and the predicted latent of the frame after the executed
 waypoints is compared with the latent of the next observed frame (``info["prediction_error"]`` of the next
 replan: how far reality drifts from the model's prediction).
 
@@ -275,6 +276,15 @@ class GoalImageMPC:
         """The goal's 12 hand keypoints ``(12, 2)`` (model-image pixels, NaN = unknown) or None before a goal."""
         return None if self._goal_kp12 is None else self._goal_kp12.copy()
 
+    @torch.no_grad()
+    def observation_cost(self) -> float:
+        """Latent distance of the newest observed frame to the goal (the cost's latent term of "now"); NaN before
+        a goal and a frame."""
+        if self._goal is None or not self._frames:
+            return math.nan
+        latent = self._frames[-1].latent
+        return float(latent_distance(latent[None], self._goal[None].to(latent.dtype))[0])
+
     @property
     def context_times(self) -> list[float]:
         return [f.t for f in self._frames]
@@ -303,6 +313,7 @@ class GoalImageMPC:
         self._last_error: dict[str, float] | None = None
         self._prediction_errors: list[float] = []
         self._replans = 0
+        self.last_predicted_latents: Tensor | None = None
         for p in self._planners.values():
             p.reset()
         self.planner.reset()
@@ -410,6 +421,7 @@ class GoalImageMPC:
         k = self.execute_steps
         dt = p.config.planner.step_dt
         self._pending = (preds[k - 1].detach(), newest.t + k * dt, newest.t)
+        self.last_predicted_latents = preds.detach()
         p._sync()
         t2 = time.perf_counter()
         low, high = self.joint_limits

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dexwm_hw.franka.arm import normal_scheduling
 from dexwm_hw.franka.sim import FCI_PORT, FrankaSimProcess, FrankaSimUnavailable, ensure_installed, port_in_use
 from dexwm_hw.sim.assets import RobotModelsMissing, robot_model_paths
 
@@ -170,6 +171,7 @@ def test_franka_sim_aborts_a_jumping_command_as_the_robot_would(franka_sim):
 
     robot = pf.Robot("127.0.0.1", pf.RealtimeConfig.kIgnore)
     control = robot.start_joint_position_control(pf.ControllerMode.JointImpedance)
+    normal_scheduling()  # libfranka made this (pytest's) thread SCHED_FIFO 99: later tests' processes inherit it
     with pytest.raises(pf.ControlException, match="(?i)discontinuity|limit"):
         state, _ = control.readOnce()
         q = list(state.q_d)

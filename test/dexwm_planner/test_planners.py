@@ -296,7 +296,7 @@ def test_costs_decrease_over_iterations(world_model, fk, frames, home, method):
     cfg = small_config(method=method, samples=48, iterations=5, horizon=2, seed=3, init_std_arm=0.3,
                        cem={"elites": 6}, mppi={"elites": 6, "temperature": 0.1})
     # only the last step counts and no hand term: the target motion below has cost 0
-    cfg = cfg.replace(cost={"hand_weight": 0.0, "step_weight_exponent": 30.0})
+    cfg = cfg.replace(cost={"hand_weight": 0.0, "step_weight_exponent": 30.0, "workspace_weight": 0.0})
     planner = make_planner(world_model, fk, cfg)
     # a reachable goal: the frame the model predicts for a known target motion
     obs = observation(frames, home)
@@ -416,3 +416,25 @@ def test_memory_budget_shrinks_chunks_without_changing_costs(world_model, fk, fr
     a = wide.evaluate(wide.prepare(obs), samples)
     b = tight.evaluate(tight.prepare(obs), samples)
     assert torch.allclose(a, b, rtol=1e-5)
+
+
+def test_workspace_term_charges_only_plans_the_safety_layer_would_reject(world_model, fk, frames, home):
+    from dexwm_hw.safety.config import load_safety_config
+    from dexwm_hw.safety.workspace import WorkspaceBox
+
+    cfg = small_config(horizon=2).replace(cost={"workspace_weight": 0.0})
+    free = make_planner(world_model, fk, cfg)
+    charged = make_planner(world_model, fk, cfg.replace(cost={"workspace_weight": 100.0, "workspace_margin": 0.0}))
+    state_free, state = free.prepare(observation(frames, home)), charged.prepare(observation(frames, home))
+    inside = torch.as_tensor(home, dtype=torch.float32)[None, None].repeat(1, 2, 1)
+    through_table = inside.clone()
+    through_table[0, :, 1] += 1.2  # shoulder forward: the hand dives below the table top
+    samples = torch.cat([inside, through_table])
+    extra = charged.evaluate(state, samples) - free.evaluate(state_free, samples)
+    safety = load_safety_config()
+    box = WorkspaceBox.from_fk(fk.double(), safety.workspace_min, safety.workspace_max, safety.workspace_points,
+                               safety.workspace_path_samples)
+    assert box.check_path(home, inside[0, 0].double().numpy()) is None
+    assert box.check_path(home, through_table[0, 0].double().numpy()) is not None  # the safety layer rejects it
+    assert float(extra[0]) == pytest.approx(0.0, abs=1e-6)  # accepted plans pay nothing
+    assert float(extra[1]) > 1.0  # rejected ones pay (metres outside x 100)

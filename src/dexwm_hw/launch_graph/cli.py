@@ -11,10 +11,13 @@ and printed at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
+from pathlib import Path
 
-from dexwm_hw.launch_graph.graph import ARGUMENTS, BACKENDS, TASKS, Graph, describe
+from dexwm_hw.launch_graph.episode import with_suite_episode
+from dexwm_hw.launch_graph.graph import ARGUMENTS, BACKENDS, RESULT_FILE, TASKS, Graph, describe
 
 EXIT_BAD_ARGUMENTS = 2
 
@@ -29,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record", action="store_true", help=help_of["record"])
     parser.add_argument("--seed", type=int, default=0, help=help_of["seed"])
     parser.add_argument("--episode", type=int, default=0, help=help_of["episode"])
+    parser.add_argument("--serve", action="store_true", help=help_of["serve"])
+    parser.add_argument("--episode-file", dest="episode_file", default="", help=help_of["episode_file"])
     parser.add_argument("--duration", type=float, default=None,
                         help="stop the graph after this many seconds and exit 0 if every node was healthy")
     parser.add_argument("--timeout", type=float, default=None,
@@ -61,9 +66,13 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and not value > 0:
             print(f"dexwm launch: --{name} must be a positive number of seconds, got {value}", file=sys.stderr)
             return EXIT_BAD_ARGUMENTS
+    arguments = dict(goal_image=args.goal_image, checkpoint=args.checkpoint, rviz=args.rviz, record=args.record,
+                     seed=args.seed, episode=args.episode, episode_file=args.episode_file, serve=args.serve)
     try:
-        graph = describe(args.task, args.backend, goal_image=args.goal_image, checkpoint=args.checkpoint,
-                         rviz=args.rviz, record=args.record, seed=args.seed, episode=args.episode)
+        if not args.dry_run:
+            arguments = with_suite_episode(args.task, args.backend, arguments,
+                                           say=lambda text: out.write(f"[launch] {text}\n"))
+        graph = describe(args.task, args.backend, **arguments)
         config = load_launch_config()
     except ValueError as exc:
         print(f"dexwm launch: {exc}", file=sys.stderr)
@@ -101,8 +110,28 @@ def run(args: argparse.Namespace) -> int:
         if unseen:
             supervisor.say(f"graph nodes never seen on the ROS graph: {', '.join(unseen)}")
         watcher.close()
+    if graph.arguments["episode_file"]:
+        supervisor.say(task_outcome(Path(graph.arguments["episode_file"]).parent / RESULT_FILE, graph.task))
     supervisor.say(f"{outcome.reason} -> dexwm launch exits {outcome.code}")
     return outcome.code
+
+
+def task_outcome(result_file: Path, task: str) -> str:
+    """One line on how the task ended, from the planner's result file."""
+    try:
+        result = json.loads(result_file.read_text())
+    except FileNotFoundError:
+        return f"task outcome: {task} ended without a result ({result_file} was not written)"
+    except (OSError, ValueError) as exc:
+        return f"task outcome: {task}: unreadable result file {result_file}: {exc}"
+    metrics = result.get("metrics", {})
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                      if k in ("keypoint_distance_m", "object_distance_m", "wrist_object_distance_m",
+                               "loop_rate_hz", "mean_replan_time_s", "mean_image_to_command_s"))
+    return (f"task outcome: {task} {'SUCCEEDED' if result.get('success') else 'FAILED'} ({result.get('reason')}) "
+            f"after {result.get('steps')} steps in {result.get('duration_s')} s"
+            + (f"; {shown}" if shown else "") + (f"; {result['message']}" if result.get("message") else "")
+            + f" [{result_file}]")
 
 
 def _watcher(supervisor):

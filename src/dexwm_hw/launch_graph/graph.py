@@ -33,6 +33,7 @@ PACKAGE = "dexwm"
 TASKS = ("reach", "grasp", "place")
 BACKENDS = ("sim", "real")
 RVIZ_CONFIG = "dexwm.rviz"
+RESULT_FILE = "result.json"  # written by the planner's start-up task beside the episode file
 NEEDS_CHECKPOINT = ("dexwm_world_model_node", "dexwm_planner_node")  # not started without a checkpoint
 
 
@@ -56,7 +57,13 @@ ARGUMENTS: tuple[ArgumentSpec, ...] = (
     ArgumentSpec("rviz", "false", "start RViz with config/dexwm.rviz", ("true", "false")),
     ArgumentSpec("record", "false", "record the run's topics with the recorder node", ("true", "false")),
     ArgumentSpec("seed", "0", "random seed (simulated object layout, planner sampling)"),
-    ArgumentSpec("episode", "0", "task suite episode to run"),
+    ArgumentSpec("episode", "0", "task suite episode to run on the simulator when a checkpoint is given without a "
+                 "goal image (its start state, goal image and goal state are written to an episode file)"),
+    ArgumentSpec("episode_file", "", "episode.json of a suite episode: the simulator starts from its scene seed and "
+                 "start joints, the planner runs its task with its goal image, scores it with its goal state and "
+                 "writes result.json beside it (empty: none)"),
+    ArgumentSpec("serve", "false", "the planner serves RunTask goals on /dexwm/run_task instead of running a suite "
+                 "episode", ("true", "false")),
 )
 ARGUMENT_NAMES = tuple(a.name for a in ARGUMENTS)
 
@@ -171,11 +178,11 @@ def normalise_arguments(backend: str, arguments: dict[str, Any]) -> dict[str, st
     values["backend"] = backend
     if backend not in BACKENDS:
         raise ValueError(f"argument backend: expected one of {list(BACKENDS)}, got {backend!r}")
-    for name in ("rviz", "record"):
+    for name in ("rviz", "record", "serve"):
         values[name] = "true" if _as_bool(values[name], name) else "false"
     for name in ("seed", "episode"):
         values[name] = str(_as_nonneg_int(values[name], name))
-    for name in ("goal_image", "checkpoint"):
+    for name in ("goal_image", "checkpoint", "episode_file"):
         values[name] = "" if values[name] is None else str(values[name])
     return values
 
@@ -220,7 +227,8 @@ def _params_files(node_name: str, *names: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ graph
 def _all_nodes(task: str, backend: str, values: dict[str, str]) -> list[NodeSpec]:
-    seed, episode = int(values["seed"]), int(values["episode"])
+    seed = int(values["seed"])
+    episode = _episode(task, backend, values["episode_file"])
 
     def node(executable: str, name: str, files: tuple[str, ...], overrides: dict | None = None,
              **kwargs: Any) -> NodeSpec:
@@ -232,7 +240,9 @@ def _all_nodes(task: str, backend: str, values: dict[str, str]) -> list[NodeSpec
     description_overrides = ({"publish_tf": True, "tf_skip_frames": [f"panda_link{i}" for i in range(1, 8)]}
                              if backend == "sim" else None)
     if backend == "sim":
-        robot = node("dexwm_sim_node", "dexwm_sim", ("sim_node.yaml",), {"seed": seed},
+        sim_overrides = {"seed": seed} if episode is None else {
+            "seed": int(episode["seed"]), "start_joints": [float(x) for x in episode["start_joints"]]}
+        robot = node("dexwm_sim_node", "dexwm_sim", ("sim_node.yaml",), sim_overrides,
                      description="simulated Panda + Allegro and camera behind the drivers' topics")
     else:
         robot = node("dexwm_camera_node", "dexwm_camera", ("camera.yaml",),
@@ -251,8 +261,10 @@ def _all_nodes(task: str, backend: str, values: dict[str, str]) -> list[NodeSpec
         node("dexwm_world_model_node", "dexwm_world_model", ("world_model_node.yaml", "world_model.yaml"),
              {"checkpoint": values["checkpoint"]}, description="latent world model (encoder + predictor)"),
         node("dexwm_planner_node", "dexwm_planner", ("planner_node.yaml", "planner.yaml"),
-             {"task": task if values["goal_image"] else "", "goal_image": values["goal_image"], "seed": seed,
-              "checkpoint": values["checkpoint"]},
+             {"task": task if values["goal_image"] or episode is not None else "", "goal_image": values["goal_image"],
+              "seed": seed, "checkpoint": values["checkpoint"],
+              **({} if episode is None else {"episode_file": values["episode_file"],
+                                             "result_file": str(Path(values["episode_file"]).parent / RESULT_FILE)})},
              ends_run=True,
              description=f"plans the {task} task in the world model's latent space"),
         node("dexwm_recorder_node", "dexwm_recorder", ("recorder_node.yaml", "recorder.yaml"), condition="record",
@@ -260,6 +272,20 @@ def _all_nodes(task: str, backend: str, values: dict[str, str]) -> list[NodeSpec
         NodeSpec("rviz2", "rviz2", "rviz2", arguments=("-d", str(config_dir() / RVIZ_CONFIG)), condition="rviz",
                  description="RViz with the robot, TF, camera image and plan markers"),
     ]
+
+
+def _episode(task: str, backend: str, path: str) -> dict | None:
+    """The checked episode file of argument ``episode_file`` (None when empty)."""
+    if not path:
+        return None
+    if backend != "sim":
+        raise ValueError("argument episode_file: suite episodes run on the simulator only (backend sim)")
+    from dexwm_planner.tasks.episode_file import read_episode_file
+
+    episode = read_episode_file(path)  # EpisodeFileError (a ValueError) says what is wrong
+    if episode["task"] != task:
+        raise ValueError(f"argument episode_file: {path} is a {episode['task']} episode, not {task}")
+    return episode
 
 
 def _external(backend: str) -> list[ExternalBringup]:

@@ -17,6 +17,7 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from dexwm_hw.launch_graph.episode import with_suite_episode
 from dexwm_hw.launch_graph.graph import ARGUMENTS, PACKAGE, describe
 
 
@@ -50,6 +51,7 @@ def launch_description(task: str) -> LaunchDescription:
 
     def setup(context, *args, **kwargs):
         values = {a.name: LaunchConfiguration(a.name).perform(context) for a in ARGUMENTS}
+        values = with_suite_episode(task, values["backend"], values)
         return nodes_for(task, values)
 
     return LaunchDescription([*declared, OpaqueFunction(function=setup)])

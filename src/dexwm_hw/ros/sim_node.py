@@ -10,7 +10,7 @@ State, camera (RealSense naming), TF:
   pub ``/tf`` (arm links, hand keypoint frames), ``/tf_static`` (world->panda_link0, camera optical frame; latched)
 Simulator extras:
   pub ``/dexwm/sim/object_poses`` geometry_msgs/PoseArray (frame ``world``), ``/dexwm/sim/object_names`` (latched
-  JSON), srv ``/dexwm/sim/reset`` std_srvs/Trigger (uses the ``seed`` parameter).
+  JSON), srv ``/dexwm/sim/reset`` std_srvs/Trigger (uses the ``seed`` and ``start_joints`` parameters).
 
 A timer at the control rate (scaled by ``real_time_factor``) advances the simulator one tick; a camera frame is
 rendered only on the ticks where one is due (``camera_rate_hz`` of simulated time). All callbacks run on one
@@ -134,6 +134,11 @@ class SimNode(Node):
                               f"(scene.control_rate_hz = {scene.control_rate_hz}); got {self._param('control_rate')}")
 
         self.sim = PandaAllegroSim(scene, camera)
+        self.declare_parameter("start_joints", [float(x) for x in scene.home], d(
+            description="the 23 joint positions (panda_joint1..7, ah_joint00..33) every reset starts from; "
+                        "default: the home pose of the simulator config; settable at run time",
+            additional_constraints="23 finite values inside the joint limits"))
+        self._start_joints()  # a bad value stops the node here, with the reason
         self.declare_parameter("object_names", self.sim.object_names, d(
             description="order of the poses on /dexwm/sim/object_poses (from the simulator, read-only)",
             read_only=True))
@@ -261,8 +266,20 @@ class SimNode(Node):
         self._hand_curve = (planned.curve, self.sim.time)
         self._follow()
 
+    def _start_joints(self) -> np.ndarray:
+        """The ``start_joints`` parameter, checked (ConfigError naming the problem)."""
+        q = np.asarray(self._param("start_joints"), dtype=np.float64)
+        if q.shape != (len(ALL_JOINT_NAMES),) or not np.all(np.isfinite(q)):
+            raise ConfigError(f"parameter start_joints: expected {len(ALL_JOINT_NAMES)} finite values, found "
+                              f"{q.size} value(s)")
+        outside = [f"{n} = {v:.3f} (limits {lo:.3f}..{hi:.3f})" for n, v, lo, hi in
+                   zip(ALL_JOINT_NAMES, q, self.sim.joint_low, self.sim.joint_high) if not lo - 1e-6 <= v <= hi + 1e-6]
+        if outside:
+            raise ConfigError(f"parameter start_joints: outside the joint limits: {'; '.join(outside)}")
+        return q
+
     def _reset(self, seed: int) -> None:
-        self.sim.reset(seed)
+        self.sim.reset(seed, joints=self._start_joints())
         self._profile = self._arm_curve = self._hand_curve = None
         self._next_frame_time = 0.0
         self._publish_static()
@@ -270,10 +287,15 @@ class SimNode(Node):
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         seed = int(self._param("seed"))
-        self._reset(seed)
+        try:
+            self._reset(seed)
+        except ConfigError as exc:
+            response.success, response.message = False, f"not reset: {exc}"
+            self.get_logger().error(response.message)
+            return response
         self._publish_state(self.get_clock().now().to_msg())
         response.success = True
-        response.message = f"reset to the home pose with object layout seed {seed}"
+        response.message = f"reset to start_joints with object layout seed {seed}"
         self.get_logger().info(response.message)
         return response
 

@@ -7,9 +7,12 @@ test has held for ``hold_ticks`` ticks or ``mpc.max_steps`` replans (``config/mp
 
 Writes ``OUT/<task>/episode_XXXX.json`` (steps, costs, final distances, planning time per replan, loop rate,
 failure category), ``OUT/<task>/episode_XXXX.gif`` for the first ``--record`` episodes (camera | goal image with
-the predicted hand keypoints), ``OUT/summary.json``; prints the summary (JSON): per task the success rate with
-its 95 % Wilson interval, failure categories, the loop rate (replans per second, images -> commands: render +
-encode + plan) and wall time. ``--baseline still|random`` runs a baseline in the same harness (no checkpoint).
+the predicted hand keypoints), ``OUT/rerun/<task>_<index>.rrd`` for the first ``--rerun`` episodes
+(:class:`~dexwm_planner.recording.RunRecording`), ``OUT/summary.json``; prints the summary (JSON): per task the
+success rate with its 95 % Wilson interval, failure categories, the loop rate (replans per second, images -> commands: render +
+encode + plan) and wall time. ``--baseline still|random`` runs a baseline in the same harness (no checkpoint);
+``--baseline diffusion --policy-checkpoint DIR`` runs the goal-image Diffusion Policy
+(:mod:`dexwm_planner.baselines.diffusion_policy`, closed-loop settings in ``config/diffusion_policy.yaml``).
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                           "0,3,7-9 (default 0-9)")
     parser.add_argument("--planner", choices=("cem", "mppi"), default=None,
                         help="search method (default: planner.method of config/planner.yaml)")
-    parser.add_argument("--baseline", choices=("random", "still"), default=None,
+    parser.add_argument("--baseline", choices=("random", "still", "diffusion"), default=None,
                         help="run a baseline instead of the world-model planner")
+    parser.add_argument("--policy-checkpoint", metavar="DIR",
+                        help="Diffusion Policy checkpoint folder (with --baseline diffusion)")
     parser.add_argument("--profile", default=None,
                         help="planner profile from config/mpc.yaml planner_profiles (paper, cpu, quick; default: "
                              "cpu without CUDA, paper with)")
@@ -45,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/bench_tasks", help="output folder (default runs/bench_tasks)")
     parser.add_argument("--record", type=int, default=1, metavar="N",
                         help="GIF recordings of the first N episodes of each task (default 1)")
+    parser.add_argument("--rerun", type=int, default=0, metavar="N",
+                        help="rerun recordings (OUT/rerun/<task>_<index>.rrd: camera, goal, predicted vs actual "
+                             "hand keypoints, joints, costs; `rerun FILE.rrd` opens one) of the first N episodes of "
+                             "each task (default 0)")
+    parser.add_argument("--rerun-decoder", metavar="DIR",
+                        help="latent decoder folder (`dexwm train decoder`) for the imagined frames of the rerun "
+                             "recordings (one that does not fit the world model is noted in the recording)")
     parser.add_argument("--max-steps", type=int, default=None, help="replans per episode (default mpc.max_steps)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
@@ -103,6 +115,7 @@ def summarize(task: str, records: list[dict], skipped: list[dict], wall_s: float
         "planning_time_s": _stats([s["plan_s"] for s in steps]),
         "observe_time_s": _stats([s["observe_s"] for s in steps]),
         "render_time_s": _stats([s["render_s"] for s in steps]),
+        "rerun_log_time_s": _stats([s.get("rerun_log_s") for s in steps]),
         "steps_per_episode": _stats([r["steps"] for r in records]),
         "final_distance": _stats([r["final_distance"] for r in records]),
         "sim_time_s_per_episode": _stats([r["sim_time_s"] for r in records]),
@@ -156,8 +169,15 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(str(exc)) from exc
     if args.baseline is None and not args.checkpoint:
         raise SystemExit("bench tasks: --checkpoint DIR is required (or run a --baseline)")
+    if (args.baseline == "diffusion") != bool(args.policy_checkpoint):
+        raise SystemExit("bench tasks: --baseline diffusion needs --policy-checkpoint DIR, and --policy-checkpoint "
+                         "is only used with --baseline diffusion")
     if args.record < 0:
         raise SystemExit(f"--record: expected a number of episodes >= 0, found {args.record}")
+    if args.rerun < 0:
+        raise SystemExit(f"--rerun: expected a number of episodes >= 0, found {args.rerun}")
+    if args.rerun_decoder and (args.baseline is not None or args.rerun == 0):
+        raise SystemExit("--rerun-decoder: only used with the world-model planner and --rerun N > 0")
     mpc_cfg = load_mpc_config()
     bench_cfg = load_bench_config()
     tasks_cfg = load_tasks_config()
@@ -177,10 +197,20 @@ def run(args: argparse.Namespace) -> int:
         from dexwm_model.world_model import WorldModel
 
         model = WorldModel.load(args.checkpoint, map_location="cpu")
+    diffusion = None
+    if args.baseline == "diffusion":
+        from dexwm_planner.baselines.diffusion_policy import (DiffusionPolicy, PolicyCheckpointError,
+                                                              load_closed_loop_config)
+
+        try:
+            diffusion = (DiffusionPolicy.load(args.policy_checkpoint, map_location=device), load_closed_loop_config())
+        except PolicyCheckpointError as exc:
+            raise SystemExit(f"bench tasks: {exc}") from exc
     sim = PandaAllegroSim(render=True)
     t_all = time.perf_counter()
     report: dict = {"benchmark": "tasks", "policy": args.baseline or "world_model_mpc",
-                    "checkpoint": None if args.baseline else str(args.checkpoint), "profile": profile,
+                    "checkpoint": str(args.policy_checkpoint) if diffusion else
+                    None if args.baseline else str(args.checkpoint), "profile": profile,
                     "device": str(device), "cpu": platform.processor() or platform.machine(),
                     "torch_threads": torch.get_num_threads(), "max_steps": max_steps, "episodes": indices,
                     "out": str(out_dir), "tasks": {}}
@@ -195,6 +225,17 @@ def run(args: argparse.Namespace) -> int:
                     "execute_steps": pc.planner.execute_steps, "hand_source": pc.cost.hand_source,
                     "context_frames": policy.config.context_frames, "waypoint_duration_s": policy.waypoint_duration_s}
                 recorder = FrameRecorder(policy, bench_cfg.keypoint_radius_px)
+            elif diffusion is not None:
+                from dexwm_planner.baselines.diffusion_policy import DiffusionPolicyController
+
+                dp, loop = diffusion
+                policy = DiffusionPolicyController(dp, (sim.joint_low, sim.joint_high), loop.execute_steps,
+                                                   loop.waypoint_duration_s, device=device)
+                report.setdefault("planner", {})[task] = {
+                    "method": "diffusion_policy", "horizon": dp.horizon, "execute_steps": loop.execute_steps,
+                    "inference_steps": dp.scheduler_config.inference_steps,
+                    "waypoint_duration_s": loop.waypoint_duration_s}
+                recorder = FrameRecorder(None, bench_cfg.keypoint_radius_px)
             else:
                 wd = mpc_cfg.waypoint_duration_s or load_planner_config(task).planner.step_dt
                 limits = (sim.joint_low, sim.joint_high)
@@ -209,12 +250,27 @@ def run(args: argparse.Namespace) -> int:
                 if reason is not None:
                     skipped.append({"episode": spec.index, "reason": reason})
                     continue
-                if isinstance(policy, RandomPolicy):
+                if isinstance(policy, RandomPolicy) or diffusion is not None:
                     policy.seed(spec.seed)
                 record_gif = len(records) < args.record
-                result = run_closed_loop(sim, spec, policy, tasks_cfg.success, bench_cfg, max_steps,
-                                         recorder if record_gif else None)
+                rrd = None
+                if len(records) < args.rerun:
+                    from dexwm_planner.recording import RunRecording
+
+                    try:
+                        rrd = RunRecording(out_dir / "rerun" / f"{task}_{spec.index}.rrd",
+                                           policy if model is not None else None, args.rerun_decoder,
+                                           name=f"{task} episode {spec.index}")
+                    except ValueError as exc:
+                        raise SystemExit(f"--rerun: {exc}") from exc
+                try:
+                    result = run_closed_loop(sim, spec, policy, tasks_cfg.success, bench_cfg, max_steps,
+                                             recorder if record_gif else None, rrd)
+                finally:
+                    if rrd is not None:
+                        rrd.close()
                 rec = result.record
+                rec["rerun"] = None if rrd is None else {"file": str(rrd.path), "log_s": rrd.overhead()}
                 rec["policy"] = report["policy"]
                 rec["build_s"] = round(build_s, 3)
                 rec["gif"] = None

@@ -132,11 +132,13 @@ def _r(x: Any, nd: int = 5) -> Any:
 
 
 def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: BenchConfig, max_steps: int,
-                    recorder: Callable[..., np.ndarray] | None = None) -> EpisodeResult:
+                    recorder: Callable[..., np.ndarray] | None = None, run_recording=None) -> EpisodeResult:
     """Run ``policy`` (a :class:`~dexwm_planner.mpc.GoalImageMPC` or a baseline) on one built suite episode
     ``spec`` (an :class:`~dexwm_planner.tasks.episodes.EpisodeSpec` with its goal image) in ``sim``.
 
-    ``recorder(image, goal_image, step, text)`` (optional) returns one recording frame per replan."""
+    ``recorder(image, goal_image, step, text)`` (optional) returns one recording frame per replan;
+    ``run_recording`` (optional, a :class:`~dexwm_planner.recording.RunRecording`) receives the goal, every replan
+    (camera frame, joints, plan, task distance) and the final frame, and is left open for the caller to close."""
     if spec.goal_image is None:
         raise ValueError(f"{spec.task} episode {spec.index}: no goal image (its demonstration failed)")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
@@ -153,6 +155,8 @@ def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: Be
         watch.update(monitor.last)
 
     policy.set_goal(spec.goal_image, task)
+    if run_recording is not None:
+        run_recording.log_goal(spec.goal_image)
     duration = float(policy.waypoint_duration_s)
     steps: list[dict] = []
     frames: list[np.ndarray] = []
@@ -162,10 +166,15 @@ def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: Be
         image = sim.render()
         b = time.perf_counter()
         t_obs = sim.time
-        policy.observe(image, sim.joints, t_obs)
+        q_obs = np.array(sim.joints, dtype=np.float64)
+        policy.observe(image, q_obs, t_obs)
         c = time.perf_counter()
         st = policy.plan()
         d = time.perf_counter()
+        record_s = None
+        if run_recording is not None:
+            record_s = run_recording.log_step(i, image, q_obs, st, t=t_obs,
+                                              scalars={f"{key}_m": monitor.last.get(key)})
         if recorder is not None:
             dist = monitor.last.get(key)
             text = f"{task} ep {spec.index}  step {i}  cost {st.cost:.3g}" + \
@@ -183,6 +192,7 @@ def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: Be
             "prediction_error": _r(st.info.get("prediction_error"), 6),
             "render_s": round(b - a, 5), "observe_s": round(c - b, 5), "plan_s": round(d - c, 5),
             "planning_time_s": round(float(st.planning_time_s), 5), "ticks": step_ticks,
+            "rerun_log_s": None if record_s is None else round(record_s, 5),
             "distance": _r(monitor.last.get(key)),
         })
         if monitor.success:
@@ -191,6 +201,12 @@ def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: Be
     summary = monitor.summary()
     success = bool(summary["success"])
     failure = classify_failure(task, success, summary["final"], success_cfg, watch, errors, bench_cfg)
+    if run_recording is not None:
+        run_recording.log_step(len(steps), sim.render(), np.array(sim.joints, dtype=np.float64), None, t=sim.time,
+                               scalars={f"{key}_m": monitor.last.get(key)})
+        run_recording.note(f"{task} episode {spec.index}: "
+                           + ("SUCCESS" if success else f"FAILED ({failure['category']})")
+                           + f" after {len(steps)} replans")
     if recorder is not None:
         end = sim.render()
         frames.append(recorder(end, spec.goal_image, None,

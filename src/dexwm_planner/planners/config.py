@@ -117,11 +117,15 @@ class CostConfig:
     hand_weight: float = 0.001
     hand_source: str = "fk"
     orientation_weight: float = 0.0
+    workspace_weight: float = 0.0
+    workspace_margin: float = 0.01
 
     def __post_init__(self) -> None:
         _number("cost.step_weight_exponent", self.step_weight_exponent, 0.0)
         _number("cost.hand_weight", self.hand_weight, 0.0)
         _number("cost.orientation_weight", self.orientation_weight, 0.0)
+        _number("cost.workspace_weight", self.workspace_weight, 0.0)
+        _number("cost.workspace_margin", self.workspace_margin, 0.0)
         if self.hand_source not in HAND_SOURCES:
             raise ConfigError(f"cost.hand_source: expected one of {list(HAND_SOURCES)}, found {self.hand_source!r}")
 

@@ -29,6 +29,7 @@ from dexwm_model.kinematics.panda_allegro import NUM_ROBOT_JOINTS, PandaAllegroF
 from dexwm_model.world_model import WorldModel
 from dexwm_planner.planners.config import PlannerConfig, load_planner_config
 from dexwm_planner.planners.cost import hand_distance, latent_distance, step_weights, total_cost
+from dexwm_planner.planners.workspace import PlanWorkspace
 from dexwm_planner.planners.kinematics import (
     NUM_HAND_POINTS,
     RIGHT_HEATMAPS,
@@ -142,6 +143,9 @@ class Planner:
         fk = fk.to(self.device)
         self.camera = camera if camera is not None else sim_camera(model.encoder.preprocess)
         self.kin = PlanKinematics(fk, self.camera)
+        cost = self.config.cost
+        self.workspace = (PlanWorkspace.from_safety_config(fk, cost.workspace_margin) if cost.workspace_weight > 0
+                          else None)
         low, high = sim_joint_limits() if joint_limits is None else joint_limits
         low = torch.as_tensor(np.asarray(low, dtype=np.float64), dtype=torch.float32)
         high = torch.as_tensor(np.asarray(high, dtype=np.float64), dtype=torch.float32)
@@ -327,6 +331,8 @@ class Planner:
         hand_uv = torch.cat(uv_parts) if head else (kin.hand_uv if fk_hand else None)
         hand = hand_distance(hand_uv, state.goal_uv, self.camera.image_hw) if hand_uv is not None else None
         total = total_cost(cfg, state.weights, latent, hand, kin.palm_down)
+        if self.workspace is not None:
+            total = total + cfg.workspace_weight * self.workspace.violation(state.joints, samples).to(total)
         if not details:
             return total
         return CostDetails(total=total, latent=latent, hand=hand, palm_down=kin.palm_down, hand_uv=hand_uv,

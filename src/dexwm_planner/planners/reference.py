@@ -28,6 +28,7 @@ from dexwm_model.kinematics.panda_allegro import KEYPOINT_SITE_NAMES, NUM_ROBOT_
 from dexwm_model.world_model import WorldModel
 from dexwm_planner.planners.config import PlannerConfig
 from dexwm_planner.planners.cost import hand_distance, latent_distance, step_weights, total_cost
+from dexwm_planner.planners.workspace import PlanWorkspace
 from dexwm_planner.planners.kinematics import DOWN, PALM_NORMAL_AXIS, RIGHT_HEATMAPS, CameraSetup
 from dexwm_planner.planners.optimizer import OptimizerResult, SamplingOptimizer
 
@@ -74,6 +75,12 @@ class ReferencePattern:
         self.chunk_size = chunk_size or config.runtime.chunk_size
         self.autocast_dtype: torch.dtype | None = None  # set to torch.bfloat16 to run the networks in autocast
         self.counters = {"encoded_images": 0, "predictor_queries": 0, "fk_calls": 0}
+        self.workspace = None
+        if config.cost.workspace_weight > 0:  # the same term as the planner's, evaluated one sample at a time
+            from dexwm_model.kinematics.panda_allegro import PandaAllegroFK
+
+            self.workspace = PlanWorkspace.from_safety_config(PandaAllegroFK.default().double(),
+                                                              config.cost.workspace_margin)
         self.seconds = {"encode": 0.0, "predict": 0.0, "fk": 0.0}
 
     def _autocast(self):
@@ -178,7 +185,13 @@ class ReferencePattern:
             uv = head_uv if head_uv is not None else fk_uv
             hand = hand_distance(uv, torch.as_tensor(goal_keypoints, dtype=torch.float64).cpu(), self.camera.image_hw)
         w = step_weights(t, cc.step_weight_exponent)
-        return total_cost(cc, w, latent, hand, palm_down)
+        total = total_cost(cc, w, latent, hand, palm_down)
+        if self.workspace is not None:
+            q0 = torch.as_tensor(np.asarray(joints, dtype=np.float64))
+            outside = torch.stack([self.workspace.violation(q0, torch.as_tensor(samples[i:i + 1]).double().cpu())[0]
+                                   for i in range(samples.shape[0])])
+            total = total + cc.workspace_weight * outside.to(total)
+        return total
 
     def _encode_repeated(self, images: Tensor, samples: int) -> Tensor:
         """The window's images encoded once per sample (the reference re-encodes them for every query)."""

@@ -127,7 +127,10 @@ class PlannerNodeConfig:
     torch_threads: int
     task: str
     goal_image: str
+    episode_file: str
+    result_file: str
     startup_timeout: float
+    recording_dir: str
 
 
 def load_node_config(path: str = PARAMS_FILE) -> PlannerNodeConfig:
@@ -197,8 +200,10 @@ class PlannerNode(Node):
         from dexwm_planner.tasks.config import load_tasks_config
 
         self.device_name = str(p("device")).strip()
-        resolve_device(self.device_name)  # fails early on a bad name or a missing GPU
+        device = resolve_device(self.device_name)  # fails early on a bad name or a missing GPU
         self.profile = str(p("profile")).strip()
+        if self.profile == "auto":  # the search sized for the device, as `dexwm bench tasks` chooses it
+            self.profile = "paper" if device.type == "cuda" else "cpu"
         if self.profile and self.profile not in planner_profiles():
             raise ConfigError(f"parameter profile: expected '' or one of {sorted(planner_profiles())} "
                               f"(config/mpc.yaml planner_profiles), found {self.profile!r}")
@@ -286,7 +291,8 @@ class PlannerNode(Node):
         dec("planner", d.planner, D(description="optimiser of goals that do not choose one",
                                     additional_constraints="cem | mppi", **ro))
         dec("profile", d.profile, D(description="planner.yaml changes from config/mpc.yaml planner_profiles "
-                                                "(paper, cpu, quick); empty: planner.yaml as is", **ro))
+                                                "(paper, cpu, quick); auto: paper on CUDA, cpu otherwise; empty: "
+                                                "planner.yaml as is", **ro))
         dec("seed", d.seed, D(description="sampling seed of the planner (replan r of a task uses seed + r)",
                               integer_range=int_range(0, 2**31 - 1), **ro))
         dec("image_topic", d.image_topic or IMAGE_TOPIC, D(description="task camera image topic", **ro))
@@ -322,9 +328,18 @@ class PlannerNode(Node):
                                                 integer_range=int_range(0, 256), **ro))
         dec("task", d.task, D(description="run this task once at start-up and exit (0 on success); empty: serve "
                                           "RunTask goals", additional_constraints="'' | reach | grasp | place", **ro))
-        dec("goal_image", d.goal_image, D(description="goal image file (PNG/JPEG) of the start-up task", **ro))
+        dec("goal_image", d.goal_image, D(description="goal image file (PNG/JPEG) of the start-up task; empty with "
+                                                      "episode_file: the episode's goal image", **ro))
+        dec("episode_file", d.episode_file, D(description="episode.json of a suite episode (dexwm launch): the "
+                                                          "start-up task gets its goal image and the success-test "
+                                                          "inputs of its goal state; empty: none", **ro))
+        dec("result_file", d.result_file, D(description="JSON file the start-up task's result is written to "
+                                                        "(atomically); empty: none", **ro))
         fl("startup_timeout", d.startup_timeout, "s the start-up task waits for the camera, joints and safety layer",
            1.0, 3600.0, read_only=True)
+        dec("recording_dir", d.recording_dir, D(description="folder of one rerun recording (.rrd) per RunTask goal "
+                                                            "(camera, goal, plan keypoints, joints, costs); empty: "
+                                                            "off", **ro))
         if self._param("planner") not in METHODS:
             raise ConfigError(f"parameter planner: expected one of {list(METHODS)}, found {self._param('planner')!r}")
         if self._param("max_duration") > self._param("max_duration_limit"):
@@ -540,10 +555,12 @@ class PlannerNode(Node):
         cost_monitor = CostMonitor(self._param("success_cost"), self.success_cfg.hold_ticks)
         stop: tuple[str, str] | None = None
         mpc = None
+        recording = None
         self._last_status = None
         try:
             mpc = self._mpc_for(spec.task, spec.method)
             mpc.set_goal(spec.image, spec.task)
+            recording = self._open_recording(handle, spec, mpc)
         except (ValueError, ConfigError, RuntimeError) as exc:
             stop = (R.REASON_ERROR, f"the planner could not take the goal: {exc}")
         with self._lock:
@@ -578,6 +595,8 @@ class PlannerNode(Node):
                 cost_monitor.update(prog.cost)
                 prog.predicted = self._predicted_keypoints(step.plan[-1])
                 self._publish_plan(spec, prog, step, q)
+                if recording is not None:
+                    recording.log_step(prog.replans - 1, rgb, q, step, t=stamp if stamp > 0 else arrival)
                 stop = self._stop_reason(handle, run, spec, prog, t0, monitor, cost_monitor)
                 if stop is not None:
                     break
@@ -602,6 +621,9 @@ class PlannerNode(Node):
             with self._lock:
                 self._monitor = None
         reason, message = stop
+        if recording is not None:
+            recording.note(f"RunTask {spec.task} ended: {reason}" + (f": {message}" if message else ""))
+            recording.close()
         try:
             if reason not in (R.REASON_ESTOP, R.REASON_CONTROLLER_TIMEOUT):
                 self._hold(f"task ended: {reason}")
@@ -644,6 +666,21 @@ class PlannerNode(Node):
         else:
             self.get_logger().warning(text)
         return result
+
+    def _open_recording(self, handle, spec: GoalSpec, mpc):
+        """A rerun recording of this goal in ``recording_dir`` (None when the parameter is empty)."""
+        folder = str(self._param("recording_dir")).strip()
+        if not folder:
+            return None
+        from dexwm_planner.recording import RunRecording
+
+        name = f"{spec.task}_{time.strftime('%Y%m%d-%H%M%S')}_{bytes(handle.goal_id.uuid).hex()[:8]}"
+        try:
+            recording = RunRecording(Path(folder).expanduser() / f"{name}.rrd", mpc, name=name)
+        except OSError as exc:
+            raise ValueError(f"parameter recording_dir: cannot write a recording in {folder}: {exc}") from exc
+        recording.log_goal(spec.image)
+        return recording
 
     # ---------------------------------------------------------------------------------------- loop helpers
     def _stop_reason(self, handle, run: _Run, spec: GoalSpec, prog: _Progress, t0: float, monitor,
@@ -917,7 +954,19 @@ class PlannerNode(Node):
 
     # --------------------------------------------------------------------------------------- start-up task
     def _load_autorun_goal(self) -> RunTask.Goal:
+        from dexwm_planner.tasks.episode_file import EpisodeFileError, read_episode_file
+
         path = str(self._param("goal_image")).strip()
+        episode = None
+        if str(self._param("episode_file")).strip():
+            try:
+                episode = read_episode_file(Path(str(self._param("episode_file")).strip()).expanduser())
+            except EpisodeFileError as exc:
+                raise ConfigError(f"parameter episode_file: {exc}") from None
+            if episode["task"] != self._autorun_task:
+                raise ConfigError(f"parameter episode_file: a {episode['task']} episode, but the start-up task is "
+                                  f"{self._autorun_task!r}")
+            path = path or str(episode["goal_image"])
         if not path:
             raise ConfigError(f"parameter goal_image: a goal image file is required to run the start-up task "
                               f"{self._autorun_task!r} (parameter task); give `-p goal_image:=FILE` or "
@@ -930,7 +979,40 @@ class PlannerNode(Node):
                 rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"parameter goal_image: cannot read {file} as an image: {exc}") from exc
-        return RunTask.Goal(task=self._autorun_task, goal_image=conv.numpy_to_image(rgb, "rgb8"))
+        goal = RunTask.Goal(task=self._autorun_task, goal_image=conv.numpy_to_image(rgb, "rgb8"))
+        if episode is not None:
+            self._fill_episode_goal(goal, episode)
+        return goal
+
+    def _fill_episode_goal(self, goal: RunTask.Goal, episode: dict) -> None:
+        """The success-test inputs of a suite episode's goal state, in the world frame (as the benchmark scores)."""
+        goal.target_object = str(episode["object"]) if goal.task != RunTask.Goal.TASK_REACH else ""
+        if goal.task == RunTask.Goal.TASK_PLACE:
+            goal.target_position.header.frame_id = WORLD_FRAME
+            x, y, z = (float(v) for v in episode["goal_object_position"])
+            goal.target_position.point.x, goal.target_position.point.y, goal.target_position.point.z = x, y, z
+        if goal.task == RunTask.Goal.TASK_REACH:
+            with torch.no_grad():
+                world = self.fk.hand21(torch.as_tensor(episode["goal_joints"], dtype=torch.float64)).numpy()
+            world[list(REACH_POINTS_21)] = episode["goal_keypoints"]  # the demonstration's measured end state
+            goal.goal_keypoints = hand_keypoints_message(world, None, None, np.ones(len(world)), None, WORLD_FRAME)
+
+    def _write_result(self, result: RunTask.Result) -> None:
+        path = str(self._param("result_file")).strip()
+        if not path:
+            return
+        out = Path(path).expanduser()
+        data = {"task": self._autorun_task, "success": bool(result.success), "reason": result.reason,
+                "message": result.message, "steps": int(result.steps), "duration_s": round(result.duration, 3),
+                "final_cost": None if not math.isfinite(result.final_cost) else round(float(result.final_cost), 6),
+                "metrics": {n: float(v) for n, v in zip(result.metric_names, result.metrics)}}
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_text(json.dumps(data, indent=1) + "\n")
+            tmp.replace(out)
+        except OSError as exc:
+            self.get_logger().error(f"cannot write the result file {out}: {exc}")
 
     def _autorun(self) -> None:
         log = self.get_logger()
@@ -969,6 +1051,7 @@ class PlannerNode(Node):
         result = outcome["result"]
         log.info(f"start-up task {self._autorun_task}: {result.reason} after {result.steps} steps "
                  f"({result.duration:.1f} s){': ' + result.message if result.message else ''}")
+        self._write_result(result)
         self.exit_code = 0 if result.success else EXIT_FAILED
         self.finished.set_result(self.exit_code)
 
