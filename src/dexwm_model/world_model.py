@@ -20,6 +20,7 @@ from dexwm_model.config import ConfigError, from_dict
 from dexwm_model.encoders.base import ImageEncoder
 from dexwm_model.encoders.factory import EncoderConfig, build_encoder
 from dexwm_model.encoders.projection import TokenProjection
+from dexwm_model.encoders.sim_vit import SimViTBackbone, weights_sha256
 from dexwm_model.losses.hand_consistency import heatmap_keypoints
 from dexwm_model.predictor.cdit import CDiTPredictor, ContextCache
 from dexwm_model.predictor.config import HandHeadConfig, PredictorConfig
@@ -141,4 +142,7 @@ class WorldModel(nn.Module):
             raise CheckpointError(f"{w_path}: weights do not match {cfg_path.name}: missing {missing[:5]}"
                                   f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                                   f"{'...' if len(unexpected) > 5 else ''}")
+        backbone = getattr(model.encoder, "backbone", None)
+        if isinstance(backbone, SimViTBackbone):  # so a latent decoder can check it was trained on these weights
+            model.encoder.info = {**getattr(model.encoder, "info", {}), "weights_sha256": weights_sha256(backbone)}
         return model.to(map_location).eval()

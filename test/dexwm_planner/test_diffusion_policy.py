@@ -29,7 +29,7 @@ TINY_SCHEDULER = {"train_timesteps": 50, "beta_schedule": "squaredcos_cap_v2", "
                   "inference_steps": 10}
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -156,7 +156,7 @@ def overfit_policy():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return policy.eval(), (cur, goal, joints, actions), losses
 
 

@@ -306,6 +306,18 @@ def write_folder_atomic(out: str | Path, writers: dict[str, Callable[[Path], Non
     return out
 
 
+def weights_sha256(backbone: SimViTBackbone) -> str:
+    """sha256 of the ``model.safetensors`` :func:`save_sim_vit` writes for ``backbone`` (the encoder's identity,
+    whether its weights come from an encoder folder or from inside a world-model checkpoint)."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in backbone.state_dict().items()}
+    data = save(state, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    return hashlib.sha256(data).hexdigest()
+
+
 def save_sim_vit(backbone: SimViTBackbone, out: str | Path, info: dict[str, Any] | None = None) -> Path:
     """Write ``config.yaml`` + ``model.safetensors`` for ``backbone`` atomically into folder ``out``."""
     from safetensors.torch import save_file
