@@ -56,6 +56,16 @@ def test_overriding_the_read_only_control_rate_fails_clearly():
     assert "control_rate: read-only" in done.stderr and "scene.control_rate_hz = 20" in done.stderr
 
 
+@pytest.mark.parametrize("value, message", [
+    ("[0.0, 0.1]", "start_joints: expected 23 finite values, found 2"),
+    ("[" + ", ".join(["0.0"] * 3 + ["0.5"] + ["0.0"] * 19) + "]", "outside the joint limits: panda_joint4 = 0.500"),
+])
+def test_bad_start_joints_stop_the_node_with_the_reason(value, message):
+    cmd, env = _node_command(f"start_joints:={value}")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
 @pytest.fixture(scope="module")
 def sim_node():
     cmd, env = _node_command("real_time_factor:=2.0")
@@ -306,6 +316,17 @@ def test_reset_restores_home_with_the_seed_set_at_run_time(probe):
     assert not _set_parameter(probe, "camera_rate_hz", float_value(1000.0)).successful  # out of range
     assert not _set_parameter(probe, "control_rate", float_value(50.0)).successful  # read-only
     assert not _set_parameter(probe, "seed", float_value(3.0)).successful  # wrong type
+    start = HOME.copy()
+    start[[0, 3, 8]] += [0.2, 0.15, 0.3]
+    float_array = lambda v: ParameterValue(type=ParameterType.PARAMETER_DOUBLE_ARRAY,  # noqa: E731
+                                           double_array_value=[float(x) for x in v])
+    assert _set_parameter(probe, "start_joints", float_array(start)).successful
+    try:
+        response = probe.call(Trigger, "/dexwm/sim/reset", Trigger.Request())
+        assert response.success, response.message
+        wait_joints(probe, lambda q: np.abs(q - start).max() < 0.01, "the start_joints pose after reset")
+    finally:
+        assert _set_parameter(probe, "start_joints", float_array(HOME)).successful
     try:
         q = reset_home(probe)
         np.testing.assert_allclose(q, HOME, atol=0.01)

@@ -408,22 +408,28 @@ def test_silent_camera_holds_the_robot_and_ends_with_camera_stale(graph):
 
 def test_start_up_task_runs_once_and_exits_with_its_outcome(graph, checkpoint, tmp_path):
     """Last graph test: the serving planner is replaced by one that runs a task at start-up (the launch graph's
-    node that ends the run) and exits: 1 because the task did not succeed (its step limit was reached)."""
-    from PIL import Image as PILImage
+    node that ends the run) and exits: 1 because the task did not succeed (its step limit was reached). Its goal is
+    a suite episode's file (as `dexwm launch` writes it): goal image from it, scored with its goal keypoints, the
+    result written to the result file."""
+    from dexwm_planner.tasks.episode_file import write_episode_files
 
-    PILImage.fromarray(goal_image(6)).save(tmp_path / "goal.png")
+    episode_file, _ = write_episode_files("reach", 0, tmp_path / "episode")
     assert "Traceback" not in _stop(graph.planner)
     graph.nodes.remove(graph.planner)
     graph.reset_home()
+    result_file = tmp_path / "episode" / "result.json"
     proc = _launch("dexwm_planner_node", "planner_node.yaml", tmp_path, f"checkpoint:={checkpoint}", "profile:=quick",
-                   "device:=cpu", "torch_threads:=1", "task:=reach", f"goal_image:={tmp_path / 'goal.png'}",
-                   "max_steps:=2", log_name="startup_task")
+                   "device:=cpu", "torch_threads:=1", "task:=reach", f"episode_file:={episode_file}",
+                   f"result_file:={result_file}", "max_steps:=2", log_name="startup_task")
     try:
         rc = proc.wait(WAIT)
     except subprocess.TimeoutExpired:
         pytest.fail(f"the start-up task did not end:\n{proc.log_path.read_text()}")
     out = proc.log_path.read_text()
     assert rc == 1 and "start-up task reach: TIMEOUT after 2 steps" in out, out
+    result = json.loads(result_file.read_text())
+    assert result["reason"] == "TIMEOUT" and result["steps"] == 2 and not result["success"]
+    assert 0.0 < result["metrics"]["keypoint_distance_m"] < 2.0  # scored against the episode's goal keypoints
 
 # ------------------------------------------------------------------- success tests from the graph's measurements
 @pytest.fixture(scope="module")

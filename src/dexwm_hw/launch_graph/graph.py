@@ -61,7 +61,7 @@ ARGUMENTS: tuple[ArgumentSpec, ...] = (
                  "goal image (its start state, goal image and goal state are written to an episode file)"),
     ArgumentSpec("episode_file", "", "episode.json of a suite episode: the simulator starts from its scene seed and "
                  "start joints, the planner runs its task with its goal image, scores it with its goal state and "
-                 "writes result.json beside it (empty: none)"),
+                 "writes result.json and a rerun recording (.rrd) beside it (empty: none)"),
     ArgumentSpec("serve", "false", "the planner serves RunTask goals on /dexwm/run_task instead of running a suite "
                  "episode", ("true", "false")),
 )
@@ -264,7 +264,8 @@ def _all_nodes(task: str, backend: str, values: dict[str, str]) -> list[NodeSpec
              {"task": task if values["goal_image"] or episode is not None else "", "goal_image": values["goal_image"],
               "seed": seed, "checkpoint": values["checkpoint"],
               **({} if episode is None else {"episode_file": values["episode_file"],
-                                             "result_file": str(Path(values["episode_file"]).parent / RESULT_FILE)})},
+                                             "result_file": str(Path(values["episode_file"]).parent / RESULT_FILE),
+                                             "recording_dir": str(Path(values["episode_file"]).parent)})},
              ends_run=True,
              description=f"plans the {task} task in the world model's latent space"),
         node("dexwm_recorder_node", "dexwm_recorder", ("recorder_node.yaml", "recorder.yaml"), condition="record",

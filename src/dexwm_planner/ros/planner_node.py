@@ -131,6 +131,7 @@ class PlannerNodeConfig:
     result_file: str
     startup_timeout: float
     recording_dir: str
+    decoder: str
 
 
 def load_node_config(path: str = PARAMS_FILE) -> PlannerNodeConfig:
@@ -337,6 +338,9 @@ class PlannerNode(Node):
                                                         "(atomically); empty: none", **ro))
         fl("startup_timeout", d.startup_timeout, "s the start-up task waits for the camera, joints and safety layer",
            1.0, 3600.0, read_only=True)
+        dec("decoder", d.decoder, D(description="latent decoder folder (`dexwm train decoder`) for the imagined frames "
+                                                "of the rerun recordings; it must fit the checkpoint's encoder; empty: "
+                                                "none", **ro))
         dec("recording_dir", d.recording_dir, D(description="folder of one rerun recording (.rrd) per RunTask goal "
                                                             "(camera, goal, plan keypoints, joints, costs); empty: "
                                                             "off", **ro))
@@ -676,7 +680,8 @@ class PlannerNode(Node):
 
         name = f"{spec.task}_{time.strftime('%Y%m%d-%H%M%S')}_{bytes(handle.goal_id.uuid).hex()[:8]}"
         try:
-            recording = RunRecording(Path(folder).expanduser() / f"{name}.rrd", mpc, name=name)
+            decoder = str(self._param("decoder")).strip() or None
+            recording = RunRecording(Path(folder).expanduser() / f"{name}.rrd", mpc, decoder=decoder, name=name)
         except OSError as exc:
             raise ValueError(f"parameter recording_dir: cannot write a recording in {folder}: {exc}") from exc
         recording.log_goal(spec.image)
