@@ -125,3 +125,15 @@ def test_cli_train_decoder(tmp_path, capsys):
     rc = dexwm_main(["train", "decoder", "--encoder", str(tmp_path / "none"), "--data", str(data), "--out",
                      str(tmp_path / "x"), "--steps", "1", "--no-progress"])
     assert rc == 2 and "no such folder" in capsys.readouterr().err
+
+
+def test_a_world_model_checkpoint_may_bundle_its_decoder(tmp_path):
+    from dexwm_model.decoder import decoder_folder
+
+    ckpt = tmp_path / "wm"
+    (ckpt / "decoder").mkdir(parents=True)
+    assert decoder_folder("", str(ckpt)) == ""  # a decoder folder without its config is not a decoder
+    (ckpt / "decoder" / "config.yaml").write_text("format: x\n")
+    assert decoder_folder("", str(ckpt)) == str(ckpt / "decoder")
+    assert decoder_folder(" other ", str(ckpt)) == "other"  # an explicit decoder wins
+    assert decoder_folder("", "") == ""

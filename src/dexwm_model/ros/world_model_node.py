@@ -36,6 +36,7 @@ from dexwm_hw.ros.controller_common import float_range, int_range, joint_positio
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
 from dexwm_interfaces.msg import HandKeypoints, PlanStatus
 from dexwm_model.config import ConfigError, from_dict, load_yaml
+from dexwm_model.decoder import decoder_folder
 from dexwm_model.ros.hand_keypoints import crop_pixels_to_image, hand_keypoints_message, heatmap_pixels_to_hand21
 from dexwm_model.ros.images import image_to_rgb
 from dexwm_model.ros.topics import HAND_KEYPOINTS_TOPIC, IMAGE_TOPIC, IMAGINED_IMAGE_TOPIC, PLAN_STATUS_TOPIC
@@ -116,8 +117,9 @@ class WorldModelNode(Node):
         self.declare_parameter("device", d.device, D(description="torch device", additional_constraints=DEVICES,
                                                      **ro))
         self.declare_parameter("decoder", d.decoder, D(
-            description="latent decoder folder (`dexwm train decoder`) for the imagined frames; empty: none "
-                        "(nothing is published on dexwm/imagined_image)", **ro))
+            description="latent decoder folder (`dexwm train decoder`) for the imagined frames; empty: the one "
+                        "bundled in the checkpoint (<checkpoint>/decoder) if any, else none (nothing is published on "
+                        "dexwm/imagined_image)", **ro))
         self.declare_parameter("image_topic", d.image_topic or IMAGE_TOPIC, D(
             description="camera image topic", additional_constraints="a valid ROS topic name", **ro))
         self.declare_parameter("max_rate_hz", float(d.max_rate_hz), D(
@@ -152,7 +154,7 @@ class WorldModelNode(Node):
         self.frame_period = float(p("frame_period_s"))
         self.imagine_steps = int(p("imagine_steps"))
         self.plan_max_age = float(p("plan_max_age_s"))
-        self.decoder = self._load_decoder(str(p("decoder")))
+        self.decoder = self._load_decoder(decoder_folder(str(p("decoder")), str(p("checkpoint"))))
         from dexwm_planner.planners.config import load_planner_config
 
         self.step_dt = load_planner_config().planner.step_dt  # the frame spacing the model predicts at

@@ -340,7 +340,7 @@ class PlannerNode(Node):
            1.0, 3600.0, read_only=True)
         dec("decoder", d.decoder, D(description="latent decoder folder (`dexwm train decoder`) for the imagined frames "
                                                 "of the rerun recordings; it must fit the checkpoint's encoder; empty: "
-                                                "none", **ro))
+                                                "the checkpoint's bundled <checkpoint>/decoder if any, else none", **ro))
         dec("recording_dir", d.recording_dir, D(description="folder of one rerun recording (.rrd) per RunTask goal "
                                                             "(camera, goal, plan keypoints, joints, costs); empty: "
                                                             "off", **ro))
@@ -676,11 +676,12 @@ class PlannerNode(Node):
         folder = str(self._param("recording_dir")).strip()
         if not folder:
             return None
+        from dexwm_model.decoder import decoder_folder
         from dexwm_planner.recording import RunRecording
 
         name = f"{spec.task}_{time.strftime('%Y%m%d-%H%M%S')}_{bytes(handle.goal_id.uuid).hex()[:8]}"
         try:
-            decoder = str(self._param("decoder")).strip() or None
+            decoder = decoder_folder(str(self._param("decoder")), str(self._param("checkpoint"))) or None
             recording = RunRecording(Path(folder).expanduser() / f"{name}.rrd", mpc, decoder=decoder, name=name)
         except OSError as exc:
             raise ValueError(f"parameter recording_dir: cannot write a recording in {folder}: {exc}") from exc
