@@ -11,9 +11,10 @@ per sample per step). The tokens are pooled by a learned projection that keeps t
 throw away *where* the hand and the objects are, which is what a goal image specifies. Current and goal image share
 the projection; the two embeddings and the normalised joints are concatenated into the condition.
 
-Denoising. DDPM training (diffusers ``DDPMScheduler``, epsilon prediction, squared-cosine betas) on chunks
-normalised per joint to [-1, 1]; sampling with ``DDIMScheduler`` (same schedule, ``inference_steps`` deterministic
-steps from Gaussian noise) and ``clip_sample`` keeping the chunk in the data's range.
+Denoising. DDPM training (diffusers ``DDPMScheduler``, squared-cosine betas; the network predicts the clean chunk or
+the noise, ``scheduler.prediction_type``) on chunks normalised per joint to [-1, 1]; sampling with ``DDIMScheduler``
+(same schedule, ``inference_steps`` deterministic steps from Gaussian noise) and ``clip_sample`` keeping the chunk
+in the data's range.
 
 Checkpoint = a folder with ``config.yaml`` (format, every architectural and schedule setting, training record) and
 ``model.safetensors`` (all weights, the frozen encoder's and the normalisation statistics included, so the folder
@@ -30,7 +31,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from dexwm_model.config import ConfigError
+from dexwm_model.config import ConfigError, from_dict
 from dexwm_model.encoders.base import ImageEncoder
 from dexwm_model.encoders.factory import build_encoder
 from dexwm_model.kinematics.panda_allegro import NUM_ROBOT_JOINTS
@@ -190,8 +191,6 @@ class DiffusionPolicy(nn.Module):
         if data.get("format_version") != FORMAT_VERSION:
             raise PolicyCheckpointError(f"{cfg_path}: format_version {data.get('format_version')!r} is not supported "
                                         f"(this code reads {FORMAT_VERSION})")
-        from dexwm_model.config import from_dict
-
         try:
             model_cfg = from_dict(PolicyModelConfig, data.get("model"), f"{cfg_path}:model")
             sched_cfg = from_dict(SchedulerConfig, data.get("scheduler"), f"{cfg_path}:scheduler")

@@ -2,7 +2,7 @@
 
 Steps: encode every frame of the episodes once with the frozen encoder (``model.encoder`` of
 ``config/diffusion_policy.yaml``); fit the per-joint min/max normalisers on the commanded targets and the measured
-joints; then ``--steps`` AdamW steps of the DDPM noise-prediction loss on random batches
+joints; then ``--steps`` AdamW steps of the DDPM denoising loss on random batches
 (:meth:`TokenDataset.batch`), linear warm-up + cosine learning rate, gradient clipping, an exponential moving
 average of the weights (the EMA weights are what is saved). Seeded: the same data, seed and thread count give the
 same checkpoint. Progress (JSON lines) goes to stderr and ``OUT/metrics.jsonl``; at the end the policy samples
