@@ -14,6 +14,7 @@ def normal_scheduler_after_each_test():
     would inherit it and could starve the machine (libfranka raises the thread that starts a control loop to
     SCHED_FIFO 99). The test that did it fails here, and the scheduler is put back for the tests after it."""
     yield
-    if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    from dexwm_hw.scheduling import normal_scheduling
+
+    if normal_scheduling():
         pytest.fail("this test left pytest's thread on a real-time scheduler (put back to SCHED_OTHER now)")

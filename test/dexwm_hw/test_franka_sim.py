@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dexwm_hw.franka.arm import normal_scheduling
+from dexwm_hw.scheduling import normal_scheduling
 from dexwm_hw.franka.sim import FCI_PORT, FrankaSimProcess, FrankaSimUnavailable, ensure_installed, port_in_use
 from dexwm_hw.sim.assets import RobotModelsMissing, robot_model_paths
 

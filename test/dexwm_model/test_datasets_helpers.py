@@ -65,6 +65,8 @@ def write_video(path: Path, n: int, fps: float, first_code: int = 0, codec: str 
                 hw=VIDEO_HW) -> Path:
     import av
 
+    from dexwm_hw.scheduling import normal_scheduling
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as c:
         s = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
@@ -77,6 +79,7 @@ def write_video(path: Path, n: int, fps: float, first_code: int = 0, codec: str 
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
+    normal_scheduling()  # the SVT-AV1 encoder (libsvtav1) raises the calling thread to SCHED_FIFO
     return path
 
 

@@ -14,7 +14,6 @@ real robot wants ``"enforce"``.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dexwm_hw.safety.motion import QuinticMove
+from dexwm_hw.scheduling import normal_scheduling
 
 # Franka Panda datasheet (hardware constants, not tunables): joint limits (rad) and maximum joint speeds (rad/s)
 PANDA_JOINT_LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
@@ -53,16 +53,6 @@ class ArmState:
     wall_time: float       # time.monotonic() of the reading
 
 
-def normal_scheduling() -> None:
-    """Put the calling thread back on the normal scheduler (SCHED_OTHER).
-
-    libfranka raises the thread that starts a control loop to SCHED_FIFO at the highest priority whenever it can,
-    even with ``RealtimeConfig.kIgnore``. Without a real-time kernel (franka-sim, development machines) that
-    thread, and every thread or process it creates later, can then starve the rest of the machine."""
-    if hasattr(os, "sched_setscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-
-
 class FrankaArm:
     def __init__(self, robot_ip: str, realtime: str = "enforce") -> None:
         if realtime not in REALTIME_MODES:
@@ -75,10 +65,10 @@ class FrankaArm:
             self.robot = self._pf.Robot(robot_ip, rt)
             first = self.robot.read_once()
             normal_scheduling()  # libfranka raised the caller's thread; only the control-loop thread needs it
+            # (the loop thread keeps the priority libfranka gives it: a 1 kHz loop needs it, and it starts nothing)
         except Exception as exc:  # NetworkException, IncompatibleVersionException, RealtimeException, ...
             raise FrankaArmError(f"cannot connect to the Franka robot at {robot_ip}: {exc}") from exc
         self.robot_ip = robot_ip
-        self.realtime_enforced = realtime == "enforce"
         self._lock = threading.Lock()
         q = np.array(first.q, dtype=np.float64)
         self._state = ArmState(q, np.zeros(7), q.copy(), 0.0, time.monotonic())
@@ -111,8 +101,6 @@ class FrankaArm:
         pf = self._pf
         try:
             control = self.robot.start_joint_position_control(pf.ControllerMode.JointImpedance)
-            if not self.realtime_enforced:
-                normal_scheduling()  # libfranka raised this thread to SCHED_FIFO 99 although real-time is off
             t = 0.0
             first = True
             while True:
