@@ -20,7 +20,7 @@ from dexwm_model.config import ConfigError, from_dict
 from dexwm_model.encoders.base import ImageEncoder
 from dexwm_model.encoders.factory import EncoderConfig, build_encoder
 from dexwm_model.encoders.projection import TokenProjection
-from dexwm_model.encoders.sim_vit import SimViTBackbone, weights_sha256
+from dexwm_model.encoders.sim_vit import SimViTBackbone, tensors_sha256
 from dexwm_model.losses.hand_consistency import heatmap_keypoints
 from dexwm_model.predictor.cdit import CDiTPredictor, ContextCache
 from dexwm_model.predictor.config import HandHeadConfig, PredictorConfig
@@ -144,5 +144,5 @@ class WorldModel(nn.Module):
                                   f"{'...' if len(unexpected) > 5 else ''}")
         backbone = getattr(model.encoder, "backbone", None)
         if isinstance(backbone, SimViTBackbone):  # so a latent decoder can check it was trained on these weights
-            model.encoder.info = {**getattr(model.encoder, "info", {}), "weights_sha256": weights_sha256(backbone)}
+            model.encoder.info = {**getattr(model.encoder, "info", {}), "tensors_sha256": tensors_sha256(backbone)}
         return model.to(map_location).eval()

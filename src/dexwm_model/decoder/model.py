@@ -153,11 +153,17 @@ class LatentDecoder(nn.Module):
         if encoder.dim != self.arch.in_dim or list(encoder.grid) != self.arch.grid:
             raise ValueError(f"decoder expects tokens of width {self.arch.in_dim} on a {self.arch.grid} grid; the "
                              f"encoder gives width {encoder.dim} on {list(encoder.grid)}")
-        want = self.info.get("encoder_weights_sha256")
-        have = getattr(encoder, "info", {}).get("weights_sha256")
-        if want and have and want != have:
+        info = getattr(encoder, "info", {})
+        want, have = self.info.get("encoder_tensors_sha256"), info.get("tensors_sha256")
+        if want:  # the encoder's tensors, wherever they were loaded from
+            if want != have:
+                raise ValueError(f"decoder was trained on encoder tensors {want[:16]}..., this encoder's are "
+                                 f"{(have or 'unknown')[:16]}...; train a decoder for it with `dexwm train decoder`")
+            return
+        want, have = self.info.get("encoder_weights_sha256"), info.get("weights_sha256")  # older decoders: the file
+        if want and want != have:
             raise ValueError(f"decoder was trained on encoder weights {want[:16]}..., this encoder's are "
-                             f"{have[:16]}...; train a decoder for it with `dexwm train decoder`")
+                             f"{(have or 'unknown')[:16]}...; train a decoder for it with `dexwm train decoder`")
 
     def save(self, out: str | Path, info: dict[str, Any] | None = None) -> Path:
         from safetensors.torch import save_file

@@ -189,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     if bool(val.any()):
         summary["val"] = reconstruction_error(decoder, tokens[val], data.frames[val])
     info = {"encoder_folder": str(enc_dir.resolve()), "encoder_weights_sha256": encoder.info.get("weights_sha256"),
+            "encoder_tensors_sha256": encoder.info.get("tensors_sha256"),
             "training": {"data": [str(Path(d).resolve()) for d in args.data], "episodes": len(data.episodes),
                          "frames": len(data), "val_episodes": int(n_val), "seed": args.seed,
                          "threads": torch.get_num_threads(), "torch": str(torch.__version__),

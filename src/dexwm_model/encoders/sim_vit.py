@@ -253,6 +253,7 @@ class SimViTEncoder(ImageEncoder):
         arch, state, info = load_sim_vit_folder(folder)
         backbone = SimViTBackbone(arch)
         backbone.load_state_dict(state, strict=True)
+        info = {**info, "tensors_sha256": tensors_sha256(backbone)}
         return cls(backbone, resize_short, source=str(folder), dtype=dtype, info=info)
 
     def encode_pixels(self, pixel_values: Tensor) -> Tensor:
@@ -306,16 +307,19 @@ def write_folder_atomic(out: str | Path, writers: dict[str, Callable[[Path], Non
     return out
 
 
-def weights_sha256(backbone: SimViTBackbone) -> str:
-    """sha256 of the ``model.safetensors`` :func:`save_sim_vit` writes for ``backbone`` (the encoder's identity,
-    whether its weights come from an encoder folder or from inside a world-model checkpoint)."""
+def tensors_sha256(backbone: SimViTBackbone) -> str:
+    """sha256 over the backbone's tensors (sorted names, dtype, shape, float32 bytes): the encoder's identity,
+    whether its weights come from an encoder folder or from inside a world-model checkpoint. (The file's own
+    sha256 cannot serve: safetensors writes its metadata in a per-process order, so equal weights can give two
+    different files.)"""
     import hashlib
 
-    from safetensors.torch import save
-
-    state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in backbone.state_dict().items()}
-    data = save(state, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-    return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    for name, value in sorted(backbone.state_dict().items()):
+        t = value.detach().to(torch.float32).contiguous().cpu()
+        digest.update(f"{name}|{tuple(t.shape)}|float32|".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_sim_vit(backbone: SimViTBackbone, out: str | Path, info: dict[str, Any] | None = None) -> Path:

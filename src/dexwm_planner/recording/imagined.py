@@ -20,13 +20,6 @@ def decoder_mismatch(decoder: Any, model: Any) -> str | None:
         decoder.check_encoder(model.encoder)
     except ValueError as exc:
         return str(exc)
-    trained_on = decoder.info.get("encoder_weights_sha256")
-    if trained_on and not getattr(model.encoder, "info", {}).get("weights_sha256"):
-        # check_encoder passes when the encoder records no digest (e.g. one embedded in a world-model checkpoint);
-        # a decoder made for one particular encoder file cannot be confirmed to fit it then
-        return (f"the decoder was trained on encoder weights {trained_on[:16]}..., and the world model's encoder "
-                "records no weights digest to confirm they are the same; train a decoder on this world model's "
-                "encoder")
     if not model.projection.is_identity or decoder.arch.in_dim != model.latent_dim:
         return (f"the decoder reads encoder tokens of width {decoder.arch.in_dim}, but the world model predicts "
                 f"latents of width {model.latent_dim} through a learned projection")
