@@ -176,7 +176,8 @@ class Graph:
         """Every hop of the command chain discovered (safety -> arm/hand controllers -> simulator): a waypoint sent
         before that would be dropped by DDS on a loaded machine, not by the code under test."""
         hops = [(COMMAND_TOPIC, 1, 2), ("panda_arm_controller/joint_trajectory", 1, 1),
-                ("allegro_hand_position_controller/commands", 1, 1)]
+                ("allegro_hand_position_controller/commands", 1, 1),
+                ("/joint_states", 1, 4)]  # safety, arm and hand controllers, this probe
         for topic, publishers, subscribers in hops:
             self.wait_for(lambda: self.node.count_publishers(topic) >= publishers
                           and self.node.count_subscribers(topic) >= subscribers, f"the {topic} connections")

@@ -15,6 +15,7 @@ This node decides nothing: what reaches it has been approved by ``dexwm_safety``
 
 from __future__ import annotations
 
+import time
 
 import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor
@@ -37,6 +38,7 @@ from dexwm_hw.safety.motion import QuinticMove
 from dexwm_model.config import ConfigError
 
 NODE_NAME = "dexwm_arm_controller"
+COMMAND_WAIT_S = 0.5  # a command that arrives before the first joint state is executed if one comes this soon
 BACKENDS = ("ros2_control", "libfranka")
 
 
@@ -83,6 +85,8 @@ class ArmControllerNode(Node):
             raise ConfigError(f"parameter backend: expected one of {BACKENDS}, got {self.backend!r}")
         self.period = float(self._param("point_period"))
         self._measured: np.ndarray | None = None
+        # a command that arrived before the first joint state (start-up): (target, duration, hold, arrival)
+        self._waiting: tuple[np.ndarray, float, bool, float] | None = None
         self.arm = None
         if self.backend == "ros2_control":
             self.arm_topic = f"{self._param('arm_controller_name')}/joint_trajectory"
@@ -114,6 +118,14 @@ class ArmControllerNode(Node):
         q = joint_positions(msg.name, msg.position, ARM_JOINT_NAMES)
         if q is not None and np.all(np.isfinite(q)):
             self._measured = q
+            if self._waiting is not None:
+                target, duration, hold, arrived = self._waiting
+                self._waiting = None
+                if time.monotonic() - arrived <= COMMAND_WAIT_S:
+                    self._send_trajectory(target, duration, hold)
+                else:
+                    self.get_logger().error(f"dropped a command that waited more than {COMMAND_WAIT_S:g} s for the "
+                                            "first arm joint state")
 
     def _on_command(self, msg: JointTrajectory) -> None:
         try:
@@ -125,8 +137,13 @@ class ArmControllerNode(Node):
             self._execute_franka(target, duration, hold)
             return
         if self._measured is None:
-            self.get_logger().error("ignored command: no arm joint state received yet on /joint_states")
+            self._waiting = (target, duration, hold, time.monotonic())
+            self.get_logger().warning(f"command waits for the first arm joint state on /joint_states (dropped "
+                                      f"after {COMMAND_WAIT_S:g} s)")
             return
+        self._send_trajectory(target, duration, hold)
+
+    def _send_trajectory(self, target: np.ndarray, duration: float, hold: bool) -> None:
         start = target if hold else self._measured
         self.pub_trajectory.publish(sampled_trajectory(start, target, duration, self.period))
         if hold:
