@@ -2,6 +2,7 @@
 observed and commanded only through its ROS interfaces (the real drivers' topics)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,7 +80,11 @@ def sim_node():
         out, _ = proc.communicate()
         pytest.fail(f"sim node did not stop on SIGINT; output:\n{out}")
     assert proc.returncode == 0, f"sim node exited with {proc.returncode}:\n{out}"
-    assert "Traceback" not in out, out
+    # rclpy 9.1 can print an ignored AttributeError from Task.__del__ (a half-built service Task collected at
+    # interpreter exit): noise of rclpy's teardown, not of the node; any other traceback fails the test
+    noise = re.compile(r"Exception ignored in: <function Future\.__del__ .*?\nAttributeError: 'Task' object has no "
+                       r"attribute '_exception'\n", re.S)
+    assert "Traceback" not in noise.sub("", out), out
 
 
 class Probe:
