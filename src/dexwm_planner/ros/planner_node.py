@@ -464,6 +464,8 @@ class PlannerNode(Node):
                                f"found {goal.max_duration:g} s")
         # the latched safety status may still be on its way right after start-up
         self._wait(lambda: self._safety, time.monotonic() + self._param("ack_timeout"), lambda: None)
+        if goal.target_object.strip():  # the latched object names, likewise (to check the target object)
+            self._wait(lambda: self._object_names, time.monotonic() + self._param("ack_timeout"), lambda: None)
         with self._lock:
             safety, stored, names = self._safety, self._stored_goal, self._object_names
         if safety is None:
