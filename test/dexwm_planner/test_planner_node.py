@@ -237,7 +237,7 @@ def test_missing_or_damaged_checkpoint_stops_the_node_with_the_reason(tmp_path, 
             pytest.fail(f"{name}: the planner node kept running")
         outs[name] = (rc, proc.log_path.read_text())
     rc, out = outs["missing"]
-    assert rc == 1 and "[FATAL]" in out and "no_such_model: no such folder" in out, out
+    assert rc == 1 and "dexwm_planner_node: " in out and "no_such_model: no such folder" in out, out
     rc, out = outs["damaged"]
     assert rc == 1 and "cannot be loaded" in out and "unreadable weights file" in out, out
 

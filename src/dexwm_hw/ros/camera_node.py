@@ -18,30 +18,27 @@ A frame reader thread blocks on the source and publishes; the executor serves th
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from dataclasses import dataclass
 
-import rclpy
 from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
-from dexwm_hw.cameras import SOURCES, CameraError, CameraNotFound, EndOfStream, FrameSource, make_source
+from dexwm_hw.cameras import SOURCES, CameraError, EndOfStream, FrameSource, make_source
 from dexwm_hw.ros import conversions as conv
 from dexwm_hw.ros.controller_common import float_range, int_range
 from dexwm_hw.ros.joint_names import CAMERA_OPTICAL_FRAME
+from dexwm_hw.ros.node_runner import EXIT_PARAMETERS, run_node
 from dexwm_model.config import ConfigError, from_dict, load_yaml
 
 NODE_NAME = "dexwm_camera"
 PARAMS_FILE = "camera.yaml"
 IMAGE_TOPIC = "camera/color/image_raw"
 CAMERA_INFO_TOPIC = "camera/color/camera_info"
-EXIT_CAMERA, EXIT_PARAMETERS = 1, 2
+EXIT_CAMERA = 1
 
 
 @dataclass
@@ -190,31 +187,7 @@ class CameraNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = CameraNode()
-        node.start()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except CameraNotFound as exc:
-        print(f"dexwm_camera_node: {exc}", file=sys.stderr)
-        return EXIT_CAMERA
-    except CameraError as exc:
-        print(f"dexwm_camera_node: camera error: {exc}", file=sys.stderr)
-        return EXIT_CAMERA
-    except (ConfigError, ParameterException, ValueError) as exc:
-        print(f"dexwm_camera_node: {exc}", file=sys.stderr)
-        return EXIT_PARAMETERS
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(CameraNode, "dexwm_camera_node", args, fatal={CameraError: EXIT_CAMERA, ValueError: EXIT_PARAMETERS})
 
 
 if __name__ == "__main__":

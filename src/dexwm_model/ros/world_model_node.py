@@ -23,17 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rclpy
 import torch
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 
 from dexwm_hw.ros import conversions as conv
 from dexwm_hw.ros.controller_common import float_range, int_range, joint_positions
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_hw.ros.node_runner import run_node
 from dexwm_interfaces.msg import HandKeypoints, PlanStatus
 from dexwm_model.config import ConfigError, from_dict, load_yaml
 from dexwm_model.decoder import decoder_folder
@@ -43,7 +41,7 @@ from dexwm_model.ros.topics import HAND_KEYPOINTS_TOPIC, IMAGE_TOPIC, IMAGINED_I
 
 NODE_NAME = "dexwm_world_model"
 PARAMS_FILE = "world_model_node.yaml"
-EXIT_CHECKPOINT, EXIT_PARAMETERS = 1, 2
+EXIT_CHECKPOINT = 1
 DEVICES = "auto | cpu | cuda | cuda:N"
 RIGHT = slice(6, 12)  # the right hand's wrist + 5 tips among the hand head's 12 heat-maps
 
@@ -311,32 +309,7 @@ class WorldModelNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = WorldModelNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except CheckpointLoadError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        code = EXIT_CHECKPOINT
-    except (ConfigError, ParameterException) as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"bad parameters: {exc}")
-        code = EXIT_PARAMETERS
-    except RuntimeError:
-        if rclpy.ok():
-            raise
-        # a signal shut the context down while the executor was between waits (rclpy raises RCLError then)
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(WorldModelNode, "dexwm_world_model_node", args, fatal={CheckpointLoadError: EXIT_CHECKPOINT})
 
 
 if __name__ == "__main__":

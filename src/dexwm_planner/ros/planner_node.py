@@ -53,8 +53,7 @@ from geometry_msgs.msg import Point, PoseArray
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.task import Future
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -65,6 +64,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from dexwm_hw.ros import conversions as conv
 from dexwm_hw.ros.controller_common import STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC, float_range, int_range
+from dexwm_hw.ros.node_runner import run_node
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, ARM_BASE_FRAME, CAMERA_OPTICAL_FRAME, WORLD_FRAME
 from dexwm_interfaces.action import RunTask
 from dexwm_interfaces.msg import HandKeypoints, PlanStatus
@@ -89,7 +89,7 @@ from dexwm_model.ros.world_model_node import CheckpointLoadError, load_world_mod
 
 NODE_NAME = "dexwm_planner"
 PARAMS_FILE = "planner_node.yaml"
-EXIT_FAILED, EXIT_PARAMETERS = 1, 2
+EXIT_FAILED = 1
 TASKS = (RunTask.Goal.TASK_REACH, RunTask.Goal.TASK_GRASP, RunTask.Goal.TASK_PLACE)
 METHODS = (RunTask.Goal.PLANNER_CEM, RunTask.Goal.PLANNER_MPPI)
 OBJECT_POSES_TOPIC = "dexwm/sim/object_poses"  # the simulator's extras (dexwm_hw.ros.sim_node)
@@ -1086,35 +1086,11 @@ def _f32(value: float) -> float:
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    executor = MultiThreadedExecutor(num_threads=6)
-    try:
-        node = PlannerNode()
-        executor.add_node(node)
-        executor.spin_until_future_complete(node.finished)  # completes only after a start-up task
-        code = node.exit_code
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except CheckpointLoadError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        code = EXIT_FAILED
-    except (ConfigError, ParameterException) as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"bad parameters: {exc}")
-        code = EXIT_PARAMETERS
-    except RuntimeError:
-        if rclpy.ok():
-            raise
-        # a signal shut the context down while the executor was between waits (rclpy raises RCLError then)
-    finally:
-        if node is not None:
-            node.close()
-        executor.shutdown(timeout_sec=5.0)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(PlannerNode, "dexwm_planner_node", args,
+                    executor_factory=lambda: MultiThreadedExecutor(num_threads=6),
+                    fatal={CheckpointLoadError: EXIT_FAILED},
+                    until=lambda node: node.finished.done(),  # done only after a start-up task
+                    exit_code=lambda node: node.exit_code)
 
 
 if __name__ == "__main__":
