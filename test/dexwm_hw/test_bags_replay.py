@@ -12,11 +12,8 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,6 @@ import torch
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("dexwm_interfaces.msg")
 
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -35,7 +31,9 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from dexwm_hw.bags.reading import BagReader  # noqa: E402
 from dexwm_hw.bags.replay import BagReplayer  # noqa: E402
 from dexwm_hw.ros.controller_common import COMMAND_TOPIC, STATUS_QOS, STATUS_TOPIC, parse_command  # noqa: E402
+from dexwm_hw.ros.graph_probe import GraphProbe  # noqa: E402
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES  # noqa: E402
+from dexwm_hw.ros.node_process import NodeProcess  # noqa: E402
 from dexwm_interfaces.msg import HandKeypoints  # noqa: E402
 
 DOMAIN_ID = 157
@@ -48,70 +46,9 @@ WM_FRAMES_S = 2.0  # s of the recording whose frames the world model gets (10 fr
 WM_RATE = 0.25  # replay speed for the world model: a frame every 0.8 s, so each one gets processed
 
 
-def _launch(script: str, params: str, log: Path, *overrides: str) -> subprocess.Popen:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROS_LOG_DIR=str(ROOT / "log" / "ros"))
-    cmd = [str(Path(sys.executable).with_name(script)), "--ros-args", "--params-file", str(ROOT / "config" / params)]
-    for o in overrides:
-        cmd += ["-p", o]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    proc.log_path = log
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class Probe:
-    """Replays through its own node and collects what the node under test publishes."""
-
-    def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node("bags_replay_probe", context=self.context)
-        self.lock = threading.Lock()
-        self.received: dict[str, list] = {}
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def collect(self, cls, topic: str, qos=10) -> None:
-        self.received[topic] = []
-
-        def on(msg):
-            with self.lock:
-                self.received[topic].append(msg)
-        self.node.create_subscription(cls, topic, on, qos)
-
-    def got(self, topic: str) -> list:
-        with self.lock:
-            return list(self.received[topic])
-
-    def wait_for(self, predicate, what: str, proc: subprocess.Popen):
-        end = time.monotonic() + WAIT
-        while time.monotonic() < end:
-            if proc.poll() is not None:
-                pytest.fail(f"{proc.args[0]} exited (rc {proc.returncode}) waiting for {what}:\n"
-                            f"{proc.log_path.read_text()}")
-            if predicate():
-                return
-            time.sleep(0.02)
-        pytest.fail(f"timed out after {WAIT:.0f} s waiting for {what}")
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.thread.join()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+def _launch(script: str, params: str, log: Path, *overrides: str) -> NodeProcess:
+    return NodeProcess(script, log, domain_id=DOMAIN_ID, params=params, overrides=overrides,
+                       ros_log_dir=ROOT / "log" / "ros")
 
 
 def _recorded(topic: str, cls) -> list:
@@ -122,8 +59,8 @@ def _recorded(topic: str, cls) -> list:
 def test_safety_node_decides_as_recorded(tmp_path):
     recorded_commands = [c for c in _recorded("/dexwm/safety/command", JointTrajectory) if c.header.frame_id != "hold"]
     recorded_status = json.loads(_recorded("/dexwm/safety/status", String)[-1].data)
-    probe = Probe()
     safety = _launch("dexwm_safety_node", "controllers.yaml", tmp_path / "safety.log", "use_sim_time:=true")
+    probe = GraphProbe("bags_replay_probe", DOMAIN_ID, [safety], wait_s=WAIT)
     replayer = None
     try:
         probe.collect(JointTrajectory, "/" + COMMAND_TOPIC)
@@ -131,20 +68,20 @@ def test_safety_node_decides_as_recorded(tmp_path):
         replayer = BagReplayer(probe.node, BAG, SAFETY_INPUTS, rate=2.0, clock=True)
         probe.wait_for(lambda: replayer.wait_for_subscribers({t: 1 for t in SAFETY_INPUTS}, 0.1)
                        and probe.node.count_publishers("/" + COMMAND_TOPIC) >= 1
-                       and replayer.clock.get_subscription_count() >= 1, "the safety node's connections", safety)
+                       and replayer.clock.get_subscription_count() >= 1, "the safety node's connections")
         played = replayer.play()
         assert played["/dexwm/joint_waypoint"] == recorded_status["counts"]["accepted"] + \
             recorded_status["counts"]["rejected"]
         want = (recorded_status["counts"]["accepted"], recorded_status["counts"]["rejected"])
         probe.wait_for(lambda: (s := probe.got("/" + STATUS_TOPIC)) and (
             (json.loads(s[-1].data)["counts"]["accepted"], json.loads(s[-1].data)["counts"]["rejected"]) == want),
-            f"the safety node's accepted/rejected counts {want}", safety)
+            f"the safety node's accepted/rejected counts {want}")
         replayed = [c for c in probe.got("/" + COMMAND_TOPIC) if c.header.frame_id != "hold"]
     finally:
         if replayer is not None:
             replayer.close()
         probe.close()
-        _stop(safety)
+        safety.stop()
     assert len(replayed) == len(recorded_commands) == want[0]
     for k, (a, b) in enumerate(zip(replayed, recorded_commands)):
         qa, da, _ = parse_command(a, ALL_JOINT_NAMES)
@@ -184,9 +121,9 @@ def test_world_model_node_keypoints_deterministic_and_as_library(tmp_path):
             frames[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
     assert len(frames) >= 5
     runs = []
-    probe = Probe()
     wm = _launch("dexwm_world_model_node", "world_model_node.yaml", tmp_path / "wm.log", f"checkpoint:={CHECKPOINT}",
                  "torch_threads:=1", "max_rate_hz:=50.0", "device:=cpu")
+    probe = GraphProbe("bags_replay_probe", DOMAIN_ID, [wm], wait_s=WAIT)
     try:
         probe.collect(HandKeypoints, "/dexwm/hand_keypoints")
         for run in range(2):
@@ -195,20 +132,20 @@ def test_world_model_node_keypoints_deterministic_and_as_library(tmp_path):
             try:
                 probe.wait_for(lambda: replayer.wait_for_subscribers({"/camera/color/image_raw": 1}, 0.1)
                                and probe.node.count_publishers("/dexwm/hand_keypoints") >= 1,
-                               "the world-model node's connections", wm)
+                               "the world-model node's connections")
                 before = len(probe.got("/dexwm/hand_keypoints"))
                 replayer.play()
                 last = max(frames)
                 probe.wait_for(lambda: any((k.header.stamp.sec, k.header.stamp.nanosec) == last
                                            for k in probe.got("/dexwm/hand_keypoints")[before:]),
-                               "the keypoints of the last replayed frame", wm)
+                               "the keypoints of the last replayed frame")
                 runs.append({(k.header.stamp.sec, k.header.stamp.nanosec): np.asarray(k.pixels, np.float32)
                              .reshape(21, 2) for k in probe.got("/dexwm/hand_keypoints")[before:]})
             finally:
                 replayer.close()
     finally:
         probe.close()
-        _stop(wm)
+        wm.stop()
     first, second = runs
     assert set(first) <= set(frames) and set(second) <= set(frames)
     common = sorted(set(first) & set(second))

@@ -3,11 +3,8 @@ console script and the params files; the test publishes waypoints as the planner
 and the safety status."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,15 +14,15 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("dexwm_interfaces.srv")
 
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from dexwm_hw.ros.controller_common import COMMAND_TOPIC, ESTOP_SERVICE, STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC  # noqa: E402
 from dexwm_hw.ros.conversions import seconds_to_duration  # noqa: E402
+from dexwm_hw.ros.graph_probe import GraphProbe  # noqa: E402
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES  # noqa: E402
+from dexwm_hw.ros.node_process import NodeProcess  # noqa: E402
 from dexwm_hw.safety.config import load_safety_config  # noqa: E402
 from dexwm_hw.sim.scene import load_sim_config  # noqa: E402
 from dexwm_interfaces.srv import EStop  # noqa: E402
@@ -41,40 +38,14 @@ THROUGH_TABLE = HOME.copy()
 THROUGH_TABLE[[1, 3]] = [1.2, -1.0]
 
 
-def _launch(script: str, params: str, log_dir: Path, *overrides: str) -> subprocess.Popen:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"), ROS_LOG_DIR=str(ROOT / "log" / "ros"))
-    cmd = [str(Path(sys.executable).with_name(script)), "--ros-args", "--params-file", str(ROOT / "config" / params)]
-    for o in overrides:
-        cmd += ["-p", o]
-    log = open(log_dir / f"{script}.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    proc.log_path = log_dir / f"{script}.log"
-    log.close()
-    return proc
+def _launch(script: str, params: str, log_dir: Path, *overrides: str) -> NodeProcess:
+    return NodeProcess(script, log_dir / f"{script}.log", domain_id=DOMAIN_ID, params=params, overrides=overrides,
+                       ros_log_dir=ROOT / "log" / "ros")
 
 
-def _ready(value) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    return True
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.log_path.read_text()
-
-
-class Graph:
-    """The four nodes plus a probe node (its own context, spun in a thread) standing in for the planner."""
+class Graph(GraphProbe):
+    """The four nodes plus this probe node standing in for the planner. A wait fails when a node other than the
+    simulator exits (one test kills the simulator on purpose)."""
 
     def __init__(self, log_dir: Path) -> None:
         self.sim = _launch("dexwm_sim_node", "sim_node.yaml", log_dir)
@@ -85,76 +56,18 @@ class Graph:
             _launch("dexwm_arm_controller_node", "controllers.yaml", log_dir),
             _launch("dexwm_hand_controller_node", "controllers.yaml", log_dir),
         ]
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node("controller_nodes_probe", context=self.context)
-        self.lock = threading.Lock()
-        self.joint_states: list[tuple[float, np.ndarray]] = []
-        self.statuses: list[dict] = []
-        self.node.create_subscription(JointState, "/joint_states", self._on_joints, 50)
-        self.node.create_subscription(String, STATUS_TOPIC, self._on_status, STATUS_QOS)
+        super().__init__("controller_nodes_probe", DOMAIN_ID, wait_s=WAIT,
+                         describe=lambda: f"last status: {self.status()}")
+        self.track_joints()
+        self.collect(String, STATUS_TOPIC, STATUS_QOS)
         self.waypoints = self.node.create_publisher(JointTrajectory, WAYPOINT_TOPIC, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _on_joints(self, msg: JointState) -> None:
-        index = {n: i for i, n in enumerate(msg.name)}
-        if all(n in index for n in ALL_JOINT_NAMES):
-            with self.lock:
-                self.joint_states.append((time.monotonic(), np.array([msg.position[index[n]]
-                                                                      for n in ALL_JOINT_NAMES])))
-
-    def _on_status(self, msg: String) -> None:
-        with self.lock:
-            self.statuses.append(json.loads(msg.data))
 
     def status(self) -> dict | None:
-        with self.lock:
-            return self.statuses[-1] if self.statuses else None
-
-    def joints(self) -> np.ndarray | None:
-        with self.lock:
-            return self.joint_states[-1][1] if self.joint_states else None
-
-    def joints_since(self, t0: float) -> list[np.ndarray]:
-        with self.lock:
-            return [q for t, q in self.joint_states if t >= t0]
-
-    def wait_for(self, predicate, what: str, timeout: float = WAIT, detail=lambda: ""):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            for p in [self.sim, *self.nodes]:
-                if p.poll() is not None and p is not self.sim:
-                    pytest.fail(f"{p.args[0]} died (rc {p.returncode}) waiting for {what}:\n{p.log_path.read_text()}")
-            value = predicate()
-            if _ready(value):
-                return value
-            time.sleep(0.02)
-        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; {detail()} last status: {self.status()}")
+        msg = self.last(STATUS_TOPIC)
+        return None if msg is None else json.loads(msg.data)
 
     def wait_status(self, condition, what: str) -> dict:
         return self.wait_for(lambda: (s := self.status()) is not None and condition(s) and s, what)
-
-    def wait_settled(self, what: str) -> np.ndarray:
-        """Joints once they stopped changing (consecutive samples over ~0.3 s within 1 mrad)."""
-        def settled():
-            with self.lock:
-                recent = [q for t, q in self.joint_states if t >= time.monotonic() - 0.3]
-            if len(recent) < 4:
-                return None
-            spread = np.ptp(np.stack(recent), axis=0).max()
-            return recent[-1] if spread < 1e-3 else None
-
-        return self.wait_for(settled, what)
-
-    def call(self, srv_type, name: str, request):
-        client = self.node.create_client(srv_type, name)
-        self.wait_for(lambda: client.service_is_ready(), f"service {name}")
-        future = client.call_async(request)
-        self.wait_for(future.done, f"response of {name}")
-        return future.result()
 
     def send(self, target: np.ndarray, duration: float, stamp_offset: float = 0.0) -> None:
         msg = JointTrajectory(joint_names=list(ALL_JOINT_NAMES))
@@ -172,25 +85,22 @@ class Graph:
         self.wait_status(lambda s: s["accepting"], "the safety layer accepting waypoints")
         return self.wait_settled("the robot at rest at home")
 
-    def wait_connected(self) -> None:
+    def wait_chain_connected(self) -> None:
         """Every hop of the command chain discovered (safety -> arm/hand controllers -> simulator): a waypoint sent
         before that would be dropped by DDS on a loaded machine, not by the code under test."""
-        hops = [(COMMAND_TOPIC, 1, 2), ("panda_arm_controller/joint_trajectory", 1, 1),
-                ("allegro_hand_position_controller/commands", 1, 1),
-                ("/joint_states", 1, 4)]  # safety, arm and hand controllers, this probe
-        for topic, publishers, subscribers in hops:
-            self.wait_for(lambda: self.node.count_publishers(topic) >= publishers
-                          and self.node.count_subscribers(topic) >= subscribers, f"the {topic} connections")
+        self.wait_connected([(COMMAND_TOPIC, 1, 2), ("panda_arm_controller/joint_trajectory", 1, 1),
+                             ("allegro_hand_position_controller/commands", 1, 1),
+                             ("/joint_states", 1, 4)])  # safety, arm and hand controllers, this probe
 
     def count(self, key: str) -> int:
         return self.status()["counts"][key]
 
+    def watched(self) -> list:
+        return self.nodes
+
     def close(self) -> dict[str, str]:
-        self.executor.shutdown()
-        self.thread.join()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-        return {p.args[0]: _stop(p) for p in [*self.nodes, self.sim]}
+        super().close()
+        return {p.args[0]: p.stop() for p in [*self.nodes, self.sim]}
 
 
 @pytest.mark.parametrize("script, override, message", [
@@ -206,7 +116,7 @@ def test_bad_parameters_stop_the_node_with_a_clear_message(tmp_path, script, ove
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail(f"{script} kept running with {override}")
-    out = proc.log_path.read_text()
+    out = proc.log()
     assert rc == 2 and message in out, out
 
 
@@ -216,7 +126,7 @@ def graph(tmp_path_factory):
     try:
         g.wait_status(lambda s: s["state"] == "READY", "the safety node READY (joint states and camera flowing)")
         g.wait_for(lambda: g.waypoints.get_subscription_count() > 0, "the safety node's waypoint subscription")
-        g.wait_connected()
+        g.wait_chain_connected()
         yield g
     finally:
         logs = g.close()

@@ -5,8 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,6 @@ pytest.importorskip("tf2_msgs.msg")
 from geometry_msgs.msg import PoseArray  # noqa: E402
 from rcl_interfaces.msg import Log, Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
@@ -27,6 +24,7 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from dexwm_hw.ros.conversions import image_to_numpy, quaternion_to_rotation, seconds_to_duration  # noqa: E402
+from dexwm_hw.ros.graph_probe import GraphProbe  # noqa: E402
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, ARM_JOINT_NAMES  # noqa: E402
 from dexwm_hw.sim.camera import intrinsics  # noqa: E402
 from dexwm_hw.sim.scene import load_sim_config  # noqa: E402
@@ -82,82 +80,24 @@ def sim_node():
     assert "Traceback" not in out, out
 
 
-class Probe:
+class Probe(GraphProbe):
     """A client node in its own context, spun in a thread; keeps every message it receives per topic."""
 
     def __init__(self, proc: subprocess.Popen) -> None:
+        super().__init__("sim_node_probe", DOMAIN_ID, [proc], wait_s=WAIT)
         self.proc = proc
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node("sim_node_probe", context=self.context)
-        self.msgs: dict[str, list] = {}
-        self.lock = threading.Lock()
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def listen(self, msg_type, topic: str, qos=10) -> None:
-        self.msgs[topic] = []
-
-        def keep(msg, topic=topic):
-            with self.lock:
-                self.msgs[topic].append(msg)
-
-        self.node.create_subscription(msg_type, topic, keep, qos)
-
-    def latest(self, topic: str):
-        with self.lock:
-            return self.msgs[topic][-1] if self.msgs[topic] else None
-
-    def received(self, topic: str) -> list:
-        with self.lock:
-            return list(self.msgs[topic])
-
-    def wait_for(self, predicate, what: str, timeout: float = WAIT):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                pytest.fail(f"sim node died (rc {self.proc.returncode}) while waiting for {what}:\n"
-                            f"{self.proc.stdout.read()}")
-            value = predicate()
-            if _ready(value):
-                return value
-            time.sleep(0.02)
-        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-    def call(self, srv_type, name: str, request):
-        client = self.node.create_client(srv_type, name)
-        self.wait_for(lambda: client.service_is_ready(), f"service {name}")
-        future = client.call_async(request)
-        self.wait_for(future.done, f"response of {name}")
-        return future.result()
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.thread.join()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-
-
-def _ready(value) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, (bool, np.bool_, list, tuple, str)):
-        return bool(value)
-    return True
 
 
 @pytest.fixture
 def probe(sim_node):
     p = Probe(sim_node)
-    p.listen(JointState, "/joint_states")
+    p.collect(JointState, "/joint_states")
     yield p
     p.close()
 
 
 def joints(p: Probe) -> np.ndarray | None:
-    msg = p.latest("/joint_states")
+    msg = p.last("/joint_states")
     if msg is None:
         return None
     index = {n: i for i, n in enumerate(msg.name)}
@@ -182,7 +122,7 @@ def arm_trajectory(names, points) -> JointTrajectory:
 
 
 def test_joint_states_carry_all_23_driver_joints(probe):
-    msg = probe.wait_for(lambda: probe.latest("/joint_states"), "/joint_states")
+    msg = probe.wait_for(lambda: probe.last("/joint_states"), "/joint_states")
     assert list(msg.name) == list(ALL_JOINT_NAMES)
     assert len(msg.position) == len(msg.velocity) == len(msg.effort) == 23
     assert msg.header.stamp.sec > 0  # ROS time of the node clock, not simulated time from zero
@@ -191,12 +131,12 @@ def test_joint_states_carry_all_23_driver_joints(probe):
 
 
 def test_camera_image_and_matching_camera_info(probe):
-    probe.listen(Image, "/camera/color/image_raw")
-    probe.listen(CameraInfo, "/camera/color/camera_info")
+    probe.collect(Image, "/camera/color/image_raw")
+    probe.collect(CameraInfo, "/camera/color/camera_info")
 
     def pair():
-        infos = {(m.header.stamp.sec, m.header.stamp.nanosec): m for m in probe.received("/camera/color/camera_info")}
-        for img in probe.received("/camera/color/image_raw"):
+        infos = {(m.header.stamp.sec, m.header.stamp.nanosec): m for m in probe.got("/camera/color/camera_info")}
+        for img in probe.got("/camera/color/image_raw"):
             key = (img.header.stamp.sec, img.header.stamp.nanosec)
             if key in infos:
                 return img, infos[key]
@@ -213,25 +153,25 @@ def test_camera_image_and_matching_camera_info(probe):
 
 
 def test_static_frames_object_poses_and_names(probe):
-    probe.listen(TFMessage, "/tf_static", LATCHED)
-    probe.listen(TFMessage, "/tf", 100)
-    probe.listen(PoseArray, "/dexwm/sim/object_poses")
-    probe.listen(String, "/dexwm/sim/object_names", LATCHED)
-    static = probe.wait_for(lambda: probe.latest("/tf_static"), "latched /tf_static")
+    probe.collect(TFMessage, "/tf_static", LATCHED)
+    probe.collect(TFMessage, "/tf", 100)
+    probe.collect(PoseArray, "/dexwm/sim/object_poses")
+    probe.collect(String, "/dexwm/sim/object_names", LATCHED)
+    static = probe.wait_for(lambda: probe.last("/tf_static"), "latched /tf_static")
     frames = {t.child_frame_id: t for t in static.transforms}
     assert frames["panda_link0"].header.frame_id == "world"
     cam = frames["camera_color_optical_frame"].transform
     np.testing.assert_allclose([cam.translation.x, cam.translation.y, cam.translation.z], CAMERA.position, atol=1e-9)
     R = quaternion_to_rotation([cam.rotation.w, cam.rotation.x, cam.rotation.y, cam.rotation.z])
     assert R[2, 2] < -0.5  # optical z (viewing direction) points down at the table
-    dynamic = probe.wait_for(lambda: probe.latest("/tf"), "/tf")
+    dynamic = probe.wait_for(lambda: probe.last("/tf"), "/tf")
     children = {t.child_frame_id for t in dynamic.transforms}
     assert {f"panda_link{i}" for i in range(1, 8)} <= children and "allegro_ff_tip" in children
     import json
 
-    names = json.loads(probe.wait_for(lambda: probe.latest("/dexwm/sim/object_names"), "object names").data)
+    names = json.loads(probe.wait_for(lambda: probe.last("/dexwm/sim/object_names"), "object names").data)
     assert names["names"] == [o.name for o in SCENE.objects] and names["frame_id"] == "world"
-    poses = probe.wait_for(lambda: probe.latest("/dexwm/sim/object_poses"), "object poses")
+    poses = probe.wait_for(lambda: probe.last("/dexwm/sim/object_poses"), "object poses")
     assert poses.header.frame_id == "world" and len(poses.poses) == len(SCENE.objects)
     for p in poses.poses:
         assert SCENE.object_region_x[0] - 0.05 < p.position.x < SCENE.object_region_x[1] + 0.05
@@ -270,7 +210,7 @@ def test_hand_command_moves_the_fingers(probe):
 
 
 def test_unknown_joints_and_wrong_length_hand_commands_are_rejected(probe):
-    probe.listen(Log, "/rosout", 100)
+    probe.collect(Log, "/rosout", 100)
     reset_home(probe)
     arm = probe.node.create_publisher(JointTrajectory, "/panda_arm_controller/joint_trajectory", 10)
     hand = probe.node.create_publisher(Float64MultiArray, "/allegro_hand_position_controller/commands", 10)
@@ -281,16 +221,16 @@ def test_unknown_joints_and_wrong_length_hand_commands_are_rejected(probe):
     hand.publish(Float64MultiArray(data=(HOME[7:22] + 0.4).tolist()))  # 15 values
 
     def errors():
-        logs = [m for m in probe.received("/rosout") if m.name == "dexwm_sim" and m.level == Log.ERROR]
+        logs = [m for m in probe.got("/rosout") if m.name == "dexwm_sim" and m.level == Log.ERROR]
         arm_err = [m.msg for m in logs if "fr3_joint7" in m.msg]
         hand_err = [m.msg for m in logs if "got 15" in m.msg]
         return arm_err and hand_err and (arm_err[0], hand_err[0])
 
     arm_msg, hand_msg = probe.wait_for(errors, "error logs naming the bad joint and the bad length")
     assert "unknown arm joint name" in arm_msg and "16 positions" in hand_msg
-    n0 = len(probe.received("/joint_states"))
-    probe.wait_for(lambda: len(probe.received("/joint_states")) > n0 + 20, "20 more joint states")
-    for msg in probe.received("/joint_states")[n0:]:
+    n0 = len(probe.got("/joint_states"))
+    probe.wait_for(lambda: len(probe.got("/joint_states")) > n0 + 20, "20 more joint states")
+    for msg in probe.got("/joint_states")[n0:]:
         np.testing.assert_allclose(np.asarray(msg.position), HOME, atol=0.01)
 
 
@@ -300,10 +240,10 @@ def _set_parameter(probe: Probe, name: str, value: ParameterValue):
 
 
 def test_reset_restores_home_with_the_seed_set_at_run_time(probe):
-    probe.listen(PoseArray, "/dexwm/sim/object_poses")
+    probe.collect(PoseArray, "/dexwm/sim/object_poses")
     reset_home(probe)
     layout = np.array([[p.position.x, p.position.y] for p in
-                       probe.wait_for(lambda: probe.latest("/dexwm/sim/object_poses"), "object poses").poses])
+                       probe.wait_for(lambda: probe.last("/dexwm/sim/object_poses"), "object poses").poses])
     pub = probe.node.create_publisher(JointTrajectory, "/panda_arm_controller/joint_trajectory", 10)
     probe.wait_for(lambda: pub.get_subscription_count() > 0, "the arm controller subscription")
     moved = HOME[:7] + np.array([0.3, 0.2, 0, 0.2, 0, -0.2, 0.3])
@@ -332,7 +272,7 @@ def test_reset_restores_home_with_the_seed_set_at_run_time(probe):
         np.testing.assert_allclose(q, HOME, atol=0.01)
 
         def new_layout():
-            m = probe.latest("/dexwm/sim/object_poses")
+            m = probe.last("/dexwm/sim/object_poses")
             xy = np.array([[p.position.x, p.position.y] for p in m.poses])
             return xy if np.abs(xy - layout).max() > 0.02 else None
 
@@ -342,14 +282,14 @@ def test_reset_restores_home_with_the_seed_set_at_run_time(probe):
 
 
 def test_camera_rate_and_real_time_factor_change_at_run_time(probe):
-    probe.listen(Image, "/camera/color/image_raw")
+    probe.collect(Image, "/camera/color/image_raw")
     float_value = lambda v: ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=v)  # noqa: E731
     try:
         assert _set_parameter(probe, "camera_rate_hz", float_value(10.0)).successful
         assert _set_parameter(probe, "real_time_factor", float_value(3.0)).successful
-        n_js, n_img = len(probe.received("/joint_states")), len(probe.received("/camera/color/image_raw"))
-        probe.wait_for(lambda: len(probe.received("/joint_states")) > n_js + 10
-                       and len(probe.received("/camera/color/image_raw")) > n_img + 2,
+        n_js, n_img = len(probe.got("/joint_states")), len(probe.got("/camera/color/image_raw"))
+        probe.wait_for(lambda: len(probe.got("/joint_states")) > n_js + 10
+                       and len(probe.got("/camera/color/image_raw")) > n_img + 2,
                        "joint states and images after re-timing the node")
     finally:
         assert _set_parameter(probe, "camera_rate_hz", float_value(5.0)).successful

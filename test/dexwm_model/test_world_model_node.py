@@ -2,10 +2,7 @@
 keypoints of every processed frame, decoded imagined frames only with a decoder (along the planner's plan when one
 is fresh), and clear exits for a missing checkpoint or a decoder that does not fit the model."""
 
-import os
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,10 +13,11 @@ import torch
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("dexwm_interfaces.msg")
 
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 
 from dexwm_hw.ros.conversions import joint_state, numpy_to_image  # noqa: E402
+from dexwm_hw.ros.graph_probe import GraphProbe  # noqa: E402
+from dexwm_hw.ros.node_process import NodeProcess  # noqa: E402
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, CAMERA_OPTICAL_FRAME  # noqa: E402
 from dexwm_interfaces.msg import HandKeypoints, PlanStatus  # noqa: E402
 from dexwm_model.decoder import DecoderArch, LatentDecoder  # noqa: E402
@@ -47,30 +45,10 @@ def tiny_model(seed: int = 5, **changes):
     return model
 
 
-def launch(log_dir: Path, name: str, *overrides: str) -> subprocess.Popen:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROS_LOG_DIR=str(ROOT / "log" / "ros"))
-    cmd = [str(Path(sys.executable).with_name("dexwm_world_model_node")), "--ros-args", "--params-file",
-           str(ROOT / "config" / "world_model_node.yaml"), "-r", f"__ns:=/{name}", "-p", "torch_threads:=1",
-           "-p", "max_rate_hz:=20.0"]
-    for o in overrides:
-        cmd += ["-p", o]
-    log = open(log_dir / f"{name}.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    proc.log_path = log_dir / f"{name}.log"
-    log.close()
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.log_path.read_text()
+def launch(log_dir: Path, name: str, *overrides: str) -> NodeProcess:
+    return NodeProcess("dexwm_world_model_node", log_dir / f"{name}.log", domain_id=DOMAIN_ID,
+                       params="world_model_node.yaml", overrides=["torch_threads:=1", "max_rate_hz:=20.0", *overrides],
+                       ros_args=["-r", f"__ns:=/{name}"], ros_log_dir=ROOT / "log" / "ros")
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +64,12 @@ def folders(tmp_path_factory):
     return root
 
 
-class Probe:
+class Probe(GraphProbe):
     """Publishes camera frames (and optionally joint states / a plan) into namespace ``ns``; records outputs."""
 
     def __init__(self, namespaces: list[str], home: np.ndarray) -> None:
+        super().__init__("world_model_probe", DOMAIN_ID)
         self.home = home
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node("world_model_probe", context=self.context)
-        self.lock = threading.Lock()
         self.keypoints = {ns: [] for ns in namespaces}
         self.imagined = {ns: [] for ns in namespaces}
         self.sent: list = []
@@ -107,10 +82,6 @@ class Probe:
             self.node.create_subscription(Image, f"/{ns}/dexwm/imagined_image",
                                           lambda m, ns=ns: self._add(self.imagined[ns], m), 10)
         self.rng = np.random.default_rng(0)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
 
     def _add(self, store: list, msg) -> None:
         with self.lock:
@@ -136,8 +107,7 @@ class Probe:
         while time.monotonic() < end:
             for p in procs:
                 if p.poll() is not None:
-                    pytest.fail(f"world model node died (rc {p.returncode}) waiting for {what}:\n"
-                                f"{p.log_path.read_text()}")
+                    pytest.fail(f"world model node died (rc {p.returncode}) waiting for {what}:\n{p.log()}")
             self.publish_frame()
             with self.lock:
                 value = predicate()
@@ -146,18 +116,16 @@ class Probe:
             time.sleep(0.1)
         pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.thread.join()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-
 
 @pytest.fixture(scope="module")
 def home():
     from dexwm_hw.sim.scene import load_sim_config
 
     return np.asarray(load_sim_config()[0].home, dtype=np.float64)
+
+
+def _stamp_ns(stamp) -> int:
+    return stamp.sec * 10**9 + stamp.nanosec
 
 
 def _stamp_s(stamp) -> float:
@@ -176,6 +144,7 @@ def test_keypoints_every_frame_and_imagined_frames_only_with_a_decoder(folders, 
         with probe.lock:
             kps = list(probe.keypoints["plain"])
             sent = {_stamp_s(s) for s in probe.sent}
+            sent_ns = {_stamp_ns(s) for s in probe.sent}
             still = list(probe.imagined["decoded"])
         for kp in kps:
             assert kp.side == HandKeypoints.SIDE_RIGHT and kp.header.frame_id == CAMERA_OPTICAL_FRAME
@@ -194,7 +163,7 @@ def test_keypoints_every_frame_and_imagined_frames_only_with_a_decoder(folders, 
         # imagined frames: the decoder's 56 x 56 images, depicting imagine_steps (3) steps ahead of their frame
         for img in still:
             assert (img.height, img.width, img.encoding) == (56, 56, "rgb8")
-            assert round(_stamp_s(img.header.stamp) - 3 * step_dt, 6) in {round(s, 6) for s in sent}
+            assert _stamp_ns(img.header.stamp) - round(3 * step_dt * 1e9) in sent_ns
         assert probe.imagined["plain"] == []
         # a fresh plan of 2 waypoints: the imagined frame is the one at its end
         plan = np.stack([home, home]) + 0.05
@@ -203,13 +172,13 @@ def test_keypoints_every_frame_and_imagined_frames_only_with_a_decoder(folders, 
         def along_plan():
             probe.publish_plan("decoded", plan)
             new = probe.imagined["decoded"][n0:]
-            return [m for m in new if round(_stamp_s(m.header.stamp) - 2 * step_dt, 6) in
-                    {round(_stamp_s(s), 6) for s in probe.sent}]
+            sent_ns = {_stamp_ns(s) for s in probe.sent}
+            return [m for m in new if _stamp_ns(m.header.stamp) - round(2 * step_dt * 1e9) in sent_ns]
 
         assert probe.wait(along_plan, "an imagined frame at the end of the 2-waypoint plan", procs)
     finally:
         probe.close()
-        logs = {p.log_path.name: stop(p) for p in procs}
+        logs = {p.log_path.name: p.stop() for p in procs}
     assert "no decoder configured" in logs["plain.log"] and "no imagined frames" in logs["plain.log"]
     assert "imagined frames on /decoded/dexwm/imagined_image" in logs["decoded.log"]
     for name, out in logs.items():
@@ -225,9 +194,9 @@ def test_missing_checkpoint_or_unusable_decoder_exit_with_the_reason(folders, tm
         try:
             rc = proc.wait(WAIT)
         except subprocess.TimeoutExpired:
-            stop(proc)
+            proc.stop()
             pytest.fail(f"{name}: the node kept running")
-        outs[name] = (rc, proc.log_path.read_text())
+        outs[name] = (rc, proc.log())
     rc, out = outs["missing"]
     assert rc == 1 and "world-model checkpoint" in out and "no_such_model: no such folder" in out, out
     rc, out = outs["wrong"]

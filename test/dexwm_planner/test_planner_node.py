@@ -5,11 +5,7 @@ invalid goals are rejected with the reason, cancel / pre-emption / e-stop / a si
 their reason and the robot holds; a missing checkpoint stops the node with the message."""
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,8 +21,6 @@ from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
@@ -39,7 +33,9 @@ from dexwm_hw.ros.controller_common import (  # noqa: E402
     WAYPOINT_TOPIC,
 )
 from dexwm_hw.ros.conversions import numpy_to_image  # noqa: E402
+from dexwm_hw.ros.graph_probe import GraphProbe  # noqa: E402
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, CAMERA_OPTICAL_FRAME  # noqa: E402
+from dexwm_hw.ros.node_process import NodeProcess  # noqa: E402
 from dexwm_hw.sim.scene import load_sim_config  # noqa: E402
 from dexwm_interfaces.action import RunTask  # noqa: E402
 from dexwm_interfaces.msg import HandKeypoints, PlanStatus  # noqa: E402
@@ -53,29 +49,9 @@ WAIT = 60.0  # s wall: generous bound for a loaded 2-core machine (never a timin
 R = RunTask.Result
 
 
-def _launch(script: str, params: str, log_dir: Path, *overrides: str, log_name: str | None = None) -> subprocess.Popen:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"), ROS_LOG_DIR=str(ROOT / "log" / "ros"))
-    cmd = [str(Path(sys.executable).with_name(script)), "--ros-args", "--params-file", str(ROOT / "config" / params)]
-    for o in overrides:
-        cmd += ["-p", o]
-    proc_log = log_dir / f"{log_name or script}.log"
-    log = open(proc_log, "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    proc.log_path = proc_log
-    log.close()
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.log_path.read_text()
+def _launch(script: str, params: str, log_dir: Path, *overrides: str, log_name: str | None = None) -> NodeProcess:
+    return NodeProcess(script, log_dir / f"{log_name or script}.log", domain_id=DOMAIN_ID, params=params,
+                       overrides=overrides, ros_log_dir=ROOT / "log" / "ros")
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +63,8 @@ def goal_image(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (120, 160, 3), dtype=np.uint8)
 
 
-class Graph:
-    """The simulated robot graph plus the planner node, and a probe node (its own context, spun in threads):
+class Graph(GraphProbe):
+    """The simulated robot graph plus the planner node, and this probe node (its own context, spun in threads):
     the RunTask client, and subscriber of joints, plan status, markers and the safety status."""
 
     def __init__(self, log_dir: Path, checkpoint: Path) -> None:
@@ -102,77 +78,26 @@ class Graph:
                     "device:=cpu", "torch_threads:=1", "image_timeout:=1.0"),
         ]
         self.planner = self.nodes[-1]
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node("planner_node_probe", context=self.context)
-        self.lock = threading.Lock()
-        self.joint_states: list[tuple[float, np.ndarray]] = []
-        self.plan_status: list[PlanStatus] = []
-        self.markers: list[MarkerArray] = []
-        self.safety: dict | None = None
-        self.node.create_subscription(JointState, "/joint_states", self._on_joints, 50)
-        self.node.create_subscription(PlanStatus, "/dexwm/plan_status", lambda m: self._add(self.plan_status, m), 50)
-        self.node.create_subscription(MarkerArray, "/dexwm/plan_markers", lambda m: self._add(self.markers, m), 10)
-        self.node.create_subscription(String, f"/{STATUS_TOPIC}", self._on_safety, STATUS_QOS)
+        super().__init__("planner_node_probe", DOMAIN_ID, threads=3, wait_s=WAIT,
+                         describe=lambda: f"safety: {self.safety}\nplanner log:\n{self.planner.log()[-3000:]}")
+        self.track_joints()
+        self.collect(PlanStatus, "/dexwm/plan_status", 50)
+        self.collect(MarkerArray, "/dexwm/plan_markers", 10)
+        self.collect(String, f"/{STATUS_TOPIC}", STATUS_QOS)
         self.client = ActionClient(self.node, RunTask, "/dexwm/run_task")
-        self.executor = MultiThreadedExecutor(num_threads=3, context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
 
-    def _add(self, store: list, msg) -> None:
-        with self.lock:
-            store.append(msg)
+    @property
+    def plan_status(self) -> list[PlanStatus]:
+        return self.got("/dexwm/plan_status")
 
-    def _on_joints(self, msg: JointState) -> None:
-        index = {n: i for i, n in enumerate(msg.name)}
-        if all(n in index for n in ALL_JOINT_NAMES):
-            with self.lock:
-                self.joint_states.append((time.monotonic(), np.array([msg.position[index[n]]
-                                                                      for n in ALL_JOINT_NAMES])))
+    @property
+    def markers(self) -> list[MarkerArray]:
+        return self.got("/dexwm/plan_markers")
 
-    def _on_safety(self, msg: String) -> None:
-        with self.lock:
-            self.safety = json.loads(msg.data)
-
-    def joints(self) -> np.ndarray | None:
-        with self.lock:
-            return self.joint_states[-1][1] if self.joint_states else None
-
-    def joints_since(self, t0: float) -> list[np.ndarray]:
-        with self.lock:
-            return [q for t, q in self.joint_states if t >= t0]
-
-    def wait_for(self, predicate, what: str, timeout: float = WAIT):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            for p in [self.sim, *self.nodes]:
-                if p.poll() is not None:
-                    pytest.fail(f"{p.args[0]} died (rc {p.returncode}) waiting for {what}:\n{p.log_path.read_text()}")
-            value = predicate()
-            if value is not None and value is not False:
-                return value
-            time.sleep(0.02)
-        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; safety: {self.safety}\nplanner log:\n"
-                    f"{self.planner.log_path.read_text()[-3000:]}")
-
-    def wait_settled(self, what: str) -> np.ndarray:
-        """Joints once they stopped changing (samples over ~0.3 s within 1 mrad)."""
-        def settled():
-            with self.lock:
-                recent = [q for t, q in self.joint_states if t >= time.monotonic() - 0.3]
-            if len(recent) < 4:
-                return None
-            return recent[-1] if np.ptp(np.stack(recent), axis=0).max() < 1e-3 else None
-
-        return self.wait_for(settled, what)
-
-    def call(self, srv_type, name: str, request):
-        client = self.node.create_client(srv_type, name)
-        self.wait_for(lambda: client.service_is_ready(), f"service {name}")
-        future = client.call_async(request)
-        self.wait_for(future.done, f"response of {name}")
-        return future.result()
+    @property
+    def safety(self) -> dict | None:
+        msg = self.last(f"/{STATUS_TOPIC}")
+        return None if msg is None else json.loads(msg.data)
 
     def reset_home(self) -> np.ndarray:
         assert self.call(Trigger, "/dexwm/sim/reset", Trigger.Request()).success
@@ -189,12 +114,12 @@ class Graph:
                              SetParameters.Request(parameters=[ParameterMsg(name="camera_rate_hz", value=value)]))
         assert response.results[0].successful, response.results[0].reason
 
+    def watched(self) -> list:
+        return [self.sim, *self.nodes]
+
     def close(self) -> dict[str, str]:
-        self.executor.shutdown()
-        self.thread.join()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-        return {p.args[0]: _stop(p) for p in [*self.nodes, self.sim]}
+        super().close()
+        return {p.args[0]: p.stop() for p in [*self.nodes, self.sim]}
 
 
 class GoalRun:
@@ -233,9 +158,9 @@ def test_missing_or_damaged_checkpoint_stops_the_node_with_the_reason(tmp_path, 
         try:
             rc = proc.wait(WAIT)
         except subprocess.TimeoutExpired:
-            _stop(proc)
+            proc.stop()
             pytest.fail(f"{name}: the planner node kept running")
-        outs[name] = (rc, proc.log_path.read_text())
+        outs[name] = (rc, proc.log())
     rc, out = outs["missing"]
     assert rc == 1 and "dexwm_planner_node: " in out and "no_such_model: no such folder" in out, out
     rc, out = outs["damaged"]
@@ -289,7 +214,7 @@ def test_invalid_goals_are_rejected_with_the_reason(graph):
         assert (result.success, result.reason, result.steps) == (False, R.REASON_REJECTED, 0)
         assert reason in result.message
     assert graph.safety["counts"]["accepted"] == accepted  # nothing reached the robot
-    log = graph.planner.log_path.read_text()
+    log = graph.planner.log()
     assert "RunTask goal rejected: task: expected one of" in log
 
 
@@ -334,8 +259,7 @@ def test_reach_goal_runs_its_steps_with_feedback_and_moves_the_robot(graph, fk):
     moved = max(np.abs(q - q0).max() for q in graph.joints_since(t0))
     assert moved > 0.02, f"the robot did not move ({moved:.4f} rad)"
     # plan status with the planned waypoints, and markers of the plan
-    with graph.lock:
-        statuses, markers = graph.plan_status[n_status:], graph.markers[n_markers:]
+    statuses, markers = graph.plan_status[n_status:], graph.markers[n_markers:]
     planned = [s for s in statuses if s.num_waypoints > 0]
     assert planned and statuses[-1].state == PlanStatus.STATE_DONE
     s = planned[-1]
@@ -368,7 +292,7 @@ def test_goal_from_camera_then_cancel_holds_the_robot(graph):
     assert (result.success, result.reason) == (False, R.REASON_CANCELED) and 1 <= result.steps < 50
     q = graph.wait_settled("the robot held after the cancel")
     assert_still(graph, q, "after cancel")
-    assert "hold published (task ended: CANCELED)" in graph.planner.log_path.read_text()
+    assert "hold published (task ended: CANCELED)" in graph.planner.log()
 
 
 def test_new_goal_preempts_and_estop_ends_the_task(graph):
@@ -416,7 +340,7 @@ def test_start_up_task_runs_once_and_exits_with_its_outcome(graph, checkpoint, t
     from dexwm_planner.tasks.episode_file import write_episode_files
 
     episode_file, _ = write_episode_files("reach", 0, tmp_path / "episode")
-    assert "Traceback" not in _stop(graph.planner)
+    assert "Traceback" not in graph.planner.stop()
     graph.nodes.remove(graph.planner)
     graph.reset_home()
     result_file = tmp_path / "episode" / "result.json"
@@ -426,8 +350,8 @@ def test_start_up_task_runs_once_and_exits_with_its_outcome(graph, checkpoint, t
     try:
         rc = proc.wait(WAIT)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the start-up task did not end:\n{proc.log_path.read_text()}")
-    out = proc.log_path.read_text()
+        pytest.fail(f"the start-up task did not end:\n{proc.log()}")
+    out = proc.log()
     assert rc == 1 and "start-up task reach: TIMEOUT after 2 steps" in out, out
     result = json.loads(result_file.read_text())
     assert result["reason"] == "TIMEOUT" and result["steps"] == 2 and not result["success"]

@@ -21,14 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from dexwm_hw.ros.controller_common import COMMAND_TOPIC, STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC
+from dexwm_hw.ros.conversions import duration_to_seconds, seconds_to_duration
+from dexwm_hw.ros.graph_probe import GraphProbe
+from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_hw.ros.node_process import NodeProcess
 
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_OUT = ROOT / "test" / "data" / "bags" / "reach_episode0"
@@ -71,93 +75,31 @@ def plan_episode(episode: int) -> dict:
         raise
 
 
-def _launch(script: str, params: str, log_dir: Path, *overrides: str) -> subprocess.Popen:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"), ROS_LOG_DIR=str(log_dir / "ros"))
-    cmd = [str(Path(sys.executable).with_name(script)), "--ros-args", "--params-file", str(ROOT / "config" / params)]
-    for o in overrides:
-        cmd += ["-p", o]
-    log = open(log_dir / f"{script}.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    return proc
+def _launch(script: str, params: str, log_dir: Path, *overrides: str) -> NodeProcess:
+    return NodeProcess(script, log_dir / f"{script}.log", domain_id=DOMAIN_ID, params=params, overrides=overrides,
+                       ros_log_dir=log_dir / "ros")
 
 
-def _stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+class Driver(GraphProbe):
+    """The probe node standing in for the planner: sends waypoints, keeps the safety layer's commands."""
 
-
-class Driver:
-    """The probe node standing in for the planner: sends waypoints, counts the safety layer's commands."""
-
-    def __init__(self, processes: list[subprocess.Popen]) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from sensor_msgs.msg import JointState
-        from std_msgs.msg import String
-        from trajectory_msgs.msg import JointTrajectory
-
-        from dexwm_hw.ros.controller_common import COMMAND_TOPIC, STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC
-
-        self.rclpy, self.processes = rclpy, processes
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node("make_test_bag_driver", context=self.context)
-        self.lock = threading.Lock()
-        self.commands: list = []
-        self.status: dict | None = None
-        self.joints = None
-        self.node.create_subscription(JointTrajectory, COMMAND_TOPIC, self._on_command, 10)
-        self.node.create_subscription(String, STATUS_TOPIC, self._on_status, STATUS_QOS)
-        self.node.create_subscription(JointState, "/joint_states", self._on_joints, 50)
+    def __init__(self, processes: list) -> None:
+        super().__init__("make_test_bag_driver", DOMAIN_ID, processes, wait_s=WAIT)
+        self.collect(JointTrajectory, "/" + COMMAND_TOPIC)
+        self.collect(String, "/" + STATUS_TOPIC, STATUS_QOS)
+        self.track_joints()
         self.pub = self.node.create_publisher(JointTrajectory, WAYPOINT_TOPIC, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
 
-    def _on_command(self, msg) -> None:
-        with self.lock:
-            self.commands.append(msg)
+    @property
+    def commands(self) -> list:
+        return self.got("/" + COMMAND_TOPIC)
 
-    def _on_status(self, msg) -> None:
-        with self.lock:
-            self.status = json.loads(msg.data)
-
-    def _on_joints(self, msg) -> None:
-        from dexwm_hw.ros.controller_common import joint_positions
-        from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
-
-        q = joint_positions(msg.name, msg.position, ALL_JOINT_NAMES)
-        if q is not None:
-            with self.lock:
-                self.joints = q
-
-    def wait_for(self, predicate, what: str):
-        end = time.monotonic() + WAIT
-        while time.monotonic() < end:
-            dead = [p for p in self.processes if p.poll() is not None]
-            if dead:
-                raise RuntimeError(f"{dead[0].args[0]} exited (rc {dead[0].returncode}) while waiting for {what}")
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.02)
-        raise RuntimeError(f"timed out after {WAIT:.0f} s waiting for {what}")
+    @property
+    def status(self) -> dict | None:
+        msg = self.last("/" + STATUS_TOPIC)
+        return None if msg is None else json.loads(msg.data)
 
     def send(self, q: np.ndarray, duration: float) -> None:
-        from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-
-        from dexwm_hw.ros.conversions import seconds_to_duration
-        from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
-
         msg = JointTrajectory(joint_names=list(ALL_JOINT_NAMES))
         msg.header.stamp = self.node.get_clock().now().to_msg()
         msg.points = [JointTrajectoryPoint(positions=[float(x) for x in q],
@@ -166,21 +108,12 @@ class Driver:
 
     def move(self, q: np.ndarray, duration: float) -> None:
         """Send one waypoint and wait until the safety layer's command for it has been executed."""
-        from dexwm_hw.ros.conversions import duration_to_seconds
-
-        with self.lock:
-            before = len(self.commands)
+        before = len(self.commands)
         self.send(q, duration)
         command = self.wait_for(lambda: len(self.commands) > before and self.commands[before], "the safety command")
         if command.header.frame_id == "hold":
             raise RuntimeError(f"the safety layer held the robot instead of moving: {self.status}")
         time.sleep(duration_to_seconds(command.points[0].time_from_start) + 0.05)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.thread.join()
-        self.node.destroy_node()
-        self.rclpy.shutdown(context=self.context)
 
 
 def record(out: Path, episode: int, camera_rate: float, log_dir: Path) -> dict:
@@ -201,35 +134,33 @@ def record(out: Path, episode: int, camera_rate: float, log_dir: Path) -> dict:
     driver = None
     try:
         driver = Driver([*graph, recorder])
-        n = driver.node
         # every hop connected, the recorder included (it subscribes once it has seen each publisher)
-        for topic, subs in [("/dexwm/joint_waypoint", 2), ("/dexwm/safety/command", 3), ("/joint_states", 3),
-                            ("/camera/color/image_raw", 2), ("/panda_arm_controller/joint_trajectory", 1),
-                            ("/allegro_hand_position_controller/commands", 1), ("/tf_static", 1),
-                            ("/robot_description", 1), ("/dexwm/safety/status", 2)]:
-            driver.wait_for(lambda: n.count_subscribers(topic) >= subs, f"{subs} subscriber(s) on {topic}")
-        client = n.create_client(Trigger, "/dexwm/sim/reset")
-        driver.wait_for(client.service_is_ready, "the simulator's reset service")
-        future = client.call_async(Trigger.Request())
-        driver.wait_for(future.done, "the reset")
+        driver.wait_connected([(topic, 0, subs) for topic, subs in [
+            ("/dexwm/joint_waypoint", 2), ("/dexwm/safety/command", 3), ("/joint_states", 3),
+            ("/camera/color/image_raw", 2), ("/panda_arm_controller/joint_trajectory", 1),
+            ("/allegro_hand_position_controller/commands", 1), ("/tf_static", 1), ("/robot_description", 1),
+            ("/dexwm/safety/status", 2)]])
+        reset = driver.call(Trigger, "/dexwm/sim/reset", Trigger.Request())
+        if not reset.success:
+            raise RuntimeError(f"the simulator's reset failed: {reset.message}")
         driver.wait_for(lambda: driver.status and driver.status.get("accepting"), "the safety layer accepting")
         driver.move(plan["start"], START_MOVE_S)
         for q in plan["waypoints"]:
             driver.move(q, plan["control_dt"])
         time.sleep(0.5)
-        final = driver.joints.copy()
-        with driver.lock:
-            rejected = driver.status["counts"]["rejected"]
+        final = driver.joints().copy()
+        rejected = driver.status["counts"]["rejected"]
         driver.send(plan["through_table"], 2.0)
         driver.wait_for(lambda: driver.status["counts"]["rejected"] > rejected, "the rejection of the probe waypoint")
         time.sleep(1.0)
     finally:
         if driver is not None:
             driver.close()
-        recorder_rc = _stop(recorder)
+        recorder.stop(grace_s=30)
         for proc in graph:
-            _stop(proc)
+            proc.stop(grace_s=30)
         plan["sim"].close()
+    recorder_rc = recorder.returncode
     if recorder_rc != 0:
         raise RuntimeError(f"the recorder exited with {recorder_rc}; see {log_dir}/dexwm_recorder_node.log")
     with BagReader(out) as bag:

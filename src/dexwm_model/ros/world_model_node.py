@@ -294,10 +294,11 @@ class WorldModelNode(Node):
             ctx = torch.stack([z for _, z in context])[None]
             pred = self.model.predictor.rollout(ctx.to(actions.dtype), times, actions.to(ctx.dtype), self.step_dt)
             image = self.decoder.decode(pred[:, -1])[0]
-        steps = actions.shape[1]
-        stamp = conv.seconds_to_duration(stamp_s + steps * self.step_dt)
+        # the time it depicts, in integer nanoseconds (a float of epoch seconds resolves only ~0.24 us)
+        depicted_ns = (msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+                       + round(actions.shape[1] * self.step_dt * 1e9))
         out = conv.numpy_to_image(image, "rgb8", None, msg.header.frame_id)
-        out.header.stamp.sec, out.header.stamp.nanosec = stamp.sec, stamp.nanosec
+        out.header.stamp.sec, out.header.stamp.nanosec = divmod(depicted_ns, 10**9)
         self.pub_imagined.publish(out)
         self.stats["imagined"] += 1
 

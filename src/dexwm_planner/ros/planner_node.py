@@ -595,7 +595,8 @@ class PlannerNode(Node):
                 step = mpc.plan()
                 prog.replans += 1
                 prog.best_cost = float(step.cost)
-                prog.cost = observation_cost(mpc)
+                with torch.no_grad():
+                    prog.cost = mpc.observation_cost()
                 prog.planning_time = float(step.planning_time_s)
                 prog.replan_times.append(prog.planning_time)
                 cost_monitor.update(prog.cost)
@@ -1067,17 +1068,6 @@ class PlannerNode(Node):
         self._closing.set()
         with self._lock:
             self._lock.notify_all()
-
-
-def observation_cost(mpc) -> float:
-    """Latent distance of the newest observed frame to the goal image (the cost's latent term of 'now')."""
-    from dexwm_planner.planners.cost import latent_distance
-
-    frames, goal = getattr(mpc, "_frames", None), getattr(mpc, "_goal", None)
-    if not frames or goal is None:
-        return math.nan
-    with torch.no_grad():
-        return float(latent_distance(frames[-1].latent[None], goal[None].to(frames[-1].latent.dtype))[0])
 
 
 def _f32(value: float) -> float:
