@@ -5,6 +5,7 @@ invalid goals are rejected with the reason, cancel / pre-emption / e-stop / a si
 their reason and the robot holds; a missing checkpoint stops the node with the message."""
 
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -330,6 +331,28 @@ def test_silent_camera_holds_the_robot_and_ends_with_camera_stale(graph):
         graph.set_camera_rate(5.0)
     graph.wait_for(lambda: graph.safety["state"] == "READY", "READY with the camera back")
 
+
+
+def test_silent_arm_controller_holds_the_robot_and_ends_with_controller_timeout(graph):
+    """The arm controller up but not executing (frozen with SIGSTOP; a Panda in a reflex error does the same): the
+    simulator keeps publishing /joint_states, the arm stands still, the planner notices and holds the robot."""
+    graph.reset_home()
+    arm_controller = graph.nodes[1]
+    assert arm_controller.args[0].endswith("dexwm_arm_controller_node")
+    run = graph.send(reach(50, goal_image(6)))
+    run.wait_step(1)
+    arm_controller.send_signal(signal.SIGSTOP)
+    try:
+        result = run.result()
+    finally:
+        arm_controller.send_signal(signal.SIGCONT)
+    assert result.reason == R.REASON_CONTROLLER_TIMEOUT, result.message
+    assert "the arm did not follow 3 waypoints in a row" in result.message and result.steps >= 4, result.message
+    assert "hold published (task ended: CONTROLLER_TIMEOUT)" in graph.planner.log()
+    # back to work, the controller executes the queued commands, the hold last: the robot comes to rest there
+    q = graph.wait_settled("the robot held")
+    assert_still(graph, q, "arm controller back")
+    graph.wait_for(lambda: graph.safety["state"] == "READY", "READY with the controller back")
 
 
 def test_start_up_task_runs_once_and_exits_with_its_outcome(graph, checkpoint, tmp_path):

@@ -24,9 +24,10 @@ control ticks of ``config/tasks.yaml``, see :mod:`dexwm_planner.ros.monitor`; go
 observation cost below ``success_cost`` for that many consecutive replans), TIMEOUT (max_steps / max_duration),
 CANCELED, PREEMPTED, CAMERA_STALE (no frame for ``image_timeout`` s, or the safety layer's camera watchdog),
 CONTROLLER_TIMEOUT (no /joint_states for ``joint_states_timeout`` s, a waypoint not acknowledged within
-``ack_timeout`` s, or the safety layer's controller watchdog), ESTOP, ERROR, and REJECTED for invalid goals
-(accepted, then ended at once with the reason, so the client gets it in the result). Every ending except ESTOP and
-CONTROLLER_TIMEOUT (the safety layer already holds the robot) publishes a hold: a waypoint at the measured joints.
+``ack_timeout`` s, ``max_unfollowed`` accepted waypoints in a row that the arm did not follow, or the safety
+layer's controller watchdog), ESTOP, ERROR, and REJECTED for invalid goals (accepted, then ended at once with the
+reason, so the client gets it in the result). Every ending except ESTOP publishes a hold, a waypoint at the measured
+joints, unless the safety layer refuses waypoints (it holds the robot itself then).
 
 With parameter ``task`` set, the node also runs that one task at start-up (goal image from the file
 ``goal_image``) through its own action server and exits when it ends: 0 on success, 1 otherwise (the launch
@@ -65,7 +66,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from dexwm_hw.ros import conversions as conv
 from dexwm_hw.ros.controller_common import STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC, float_range, int_range
 from dexwm_hw.ros.node_runner import run_node
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, ARM_BASE_FRAME, CAMERA_OPTICAL_FRAME, WORLD_FRAME
+from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, ARM_BASE_FRAME, ARM_JOINT_NAMES, CAMERA_OPTICAL_FRAME, WORLD_FRAME
 from dexwm_interfaces.action import RunTask
 from dexwm_interfaces.msg import HandKeypoints, PlanStatus
 from dexwm_interfaces.srv import SetGoalFromCamera
@@ -97,6 +98,7 @@ OBJECT_NAMES_TOPIC = "dexwm/sim/object_names"
 KNOWN_FRAMES = (WORLD_FRAME, ARM_BASE_FRAME, CAMERA_OPTICAL_FRAME)
 R = RunTask.Result
 SETTLED_SPEED = 0.05  # rad/s: joints slower than this after a move's duration count as arrived
+FOLLOWED_FRACTION = 0.2  # an arm move counts as followed when the arm moved at least this part of the command
 _LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -121,6 +123,7 @@ class PlannerNodeConfig:
     max_duration: float
     max_duration_limit: float
     max_rejections: int
+    max_unfollowed: int
     success_cost: float
     goal_max_age: float
     goal_timeout: float
@@ -175,6 +178,7 @@ class _Progress:
     steps: int = 0
     replans: int = 0
     rejections: int = 0
+    unfollowed: int = 0  # executed waypoints in a row that the arm did not follow
     cost: float = math.nan
     best_cost: float = math.nan
     planning_time: float = 0.0
@@ -321,6 +325,11 @@ class PlannerNode(Node):
         dec("max_rejections", d.max_rejections, D(description="waypoints rejected by the safety layer in a row "
                                                               "before the task ends with ERROR",
                                                   integer_range=int_range(1, 1000)))
+        dec("max_unfollowed", d.max_unfollowed, D(
+            description="accepted waypoints in a row that the arm did not follow (commanded more than "
+                        "position_tolerance, moved less than a fifth of it) before the robot is held and the task "
+                        "ends with CONTROLLER_TIMEOUT: the arm controller is not executing",
+            integer_range=int_range(1, 1000)))
         fl("success_cost", d.success_cost, "goals without ground truth succeed when the observation cost stays "
            "below this for success.hold_ticks replans (0: never)", 0.0, 1e9)
         fl("goal_max_age", d.goal_max_age, "s: SetGoalFromCamera default max_age", 0.001, 600.0)
@@ -632,7 +641,7 @@ class PlannerNode(Node):
             recording.note(f"RunTask {spec.task} ended: {reason}" + (f": {message}" if message else ""))
             recording.close()
         try:
-            if reason not in (R.REASON_ESTOP, R.REASON_CONTROLLER_TIMEOUT):
+            if reason != R.REASON_ESTOP:  # a hold the safety layer refuses (it holds already) is not sent
                 self._hold(f"task ended: {reason}")
             return self._finish(handle, spec, prog, t0, reason, message, monitor)
         except Exception:  # noqa: BLE001
@@ -806,8 +815,33 @@ class PlannerNode(Node):
                     return True
             return None
 
+        with self._lock:
+            q_start = None if self._joints is None else self._joints[0].copy()
         _, stop = self._wait(arrived, started + planned + self._param("execute_timeout"), stop_check)
-        return stop
+        if stop is not None or q_start is None:
+            return stop
+        return self._check_followed(prog, waypoint, q_start, tolerance)
+
+    def _check_followed(self, prog: _Progress, waypoint: np.ndarray, q_start: np.ndarray,
+                        tolerance: float) -> tuple[str, str] | None:
+        """A controller that is up but not executing (e.g. the arm in a reflex error) leaves /joint_states flowing
+        while the arm stands still: after ``max_unfollowed`` such waypoints in a row the task ends."""
+        with self._lock:
+            q_end = self._joints[0].copy()
+        arm = slice(0, len(ARM_JOINT_NAMES))
+        commanded = float(np.abs(waypoint[arm] - q_start[arm]).max())
+        moved = float(np.abs(q_end[arm] - q_start[arm]).max())
+        if commanded <= tolerance or moved >= FOLLOWED_FRACTION * commanded:
+            prog.unfollowed = 0
+            return None
+        prog.unfollowed += 1
+        self.get_logger().warning(f"the arm did not follow a waypoint ({prog.unfollowed} in a row): commanded "
+                                  f"{commanded:.3f} rad, moved {moved:.3f} rad")
+        if prog.unfollowed >= self._param("max_unfollowed"):
+            return R.REASON_CONTROLLER_TIMEOUT, (
+                f"the arm did not follow {prog.unfollowed} waypoints in a row (last: commanded {commanded:.3f} rad, "
+                f"moved {moved:.3f} rad): its controller is not executing")
+        return None
 
     # ---------------------------------------------------------------------------------------------- output
     def _publish_waypoint(self, positions: np.ndarray, duration: float) -> None:
