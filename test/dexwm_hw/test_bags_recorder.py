@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,13 +15,14 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("dexwm_interfaces.msg")
 
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from dexwm_hw.bags.reading import BagReader  # noqa: E402
+from dexwm_hw.ros.graph_probe import GraphProbe  # noqa: E402
+from dexwm_hw.ros.node_process import NodeProcess  # noqa: E402
 from dexwm_interfaces.action import RunTask  # noqa: E402
 from dexwm_interfaces.msg import HandKeypoints  # noqa: E402
 
@@ -40,25 +40,11 @@ def _env() -> dict:
                 ROS_LOG_DIR=str(ROOT / "log" / "ros"))
 
 
-def _recorder(out: Path, log: Path, *overrides: str) -> subprocess.Popen:
-    cmd = [str(Path(sys.executable).with_name("dexwm_recorder_node")), "--ros-args", "--params-file",
-           str(ROOT / "config" / "recorder_node.yaml"), "-p", f"output:={out}", "-p", "discovery_period_s:=0.05",
-           "-p", "topics:=[" + ",".join([*TOPICS, "/rt/latched"]) + "]"]
-    for o in overrides:
-        cmd += ["-p", o]
-    with open(log, "w") as f:
-        return subprocess.Popen(cmd, env=_env(), stdout=f, stderr=subprocess.STDOUT)
-
-
-def _wait(predicate, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    end = time.monotonic() + WAIT
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the recorder exited (rc {proc.returncode}) waiting for {what}:\n{log.read_text()}")
-        if predicate():
-            return
-        time.sleep(0.02)
-    pytest.fail(f"timed out after {WAIT:.0f} s waiting for {what}")
+def _recorder(out: Path, log: Path, *overrides: str) -> NodeProcess:
+    return NodeProcess("dexwm_recorder_node", log, domain_id=DOMAIN_ID, params="recorder_node.yaml",
+                       overrides=[f"output:={out}", "discovery_period_s:=0.05",
+                                  "topics:=[" + ",".join([*TOPICS, "/rt/latched"]) + "]", *overrides],
+                       ros_log_dir=ROOT / "log" / "ros")
 
 
 def _messages(k: int) -> dict:
@@ -72,25 +58,12 @@ def _messages(k: int) -> dict:
     return {"/rt/image": image, "/rt/keypoints": kp, "/rt/feedback": fb}
 
 
-class Probe:
-    def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node("bags_recorder_probe", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.thread.join()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+def _probe() -> GraphProbe:
+    return GraphProbe("bags_recorder_probe", DOMAIN_ID, wait_s=WAIT)
 
 
 def test_round_trip_over_dds_and_sigint(tmp_path):
-    probe = Probe()
+    probe = _probe()
     out, log = tmp_path / "bag", tmp_path / "recorder.log"
     proc = None
     try:
@@ -98,8 +71,8 @@ def test_round_trip_over_dds_and_sigint(tmp_path):
         latched.publish(String(data="published before the recorder started"))
         pubs = {t: probe.node.create_publisher(cls, t, RELIABLE) for t, cls in TOPICS.items()}
         proc = _recorder(out, log)
-        for topic in [*TOPICS, "/rt/latched"]:
-            _wait(lambda: probe.node.count_subscribers(topic) >= 1, f"the recorder on {topic}", proc, log)
+        probe.processes.append(proc)  # a wait fails at once if the recorder exits
+        probe.wait_connected([(topic, 1, 1) for topic in [*TOPICS, "/rt/latched"]])
         t0 = time.time_ns()
         sent = {t: [] for t in TOPICS}
         for k in range(N):
@@ -151,7 +124,7 @@ def test_existing_output_is_refused(tmp_path):
 
 
 def test_dexwm_record_cli_with_duration(tmp_path):
-    probe = Probe()
+    probe = _probe()
     out = tmp_path / "cli_bag"
     try:
         pub = probe.node.create_publisher(String, "/rt/cli", LATCHED)
