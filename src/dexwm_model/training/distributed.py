@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -71,7 +72,10 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
 
 
 def teardown(info: DistInfo) -> None:
+    """Leave the process group this process created; every rank first waits for the others (a rank that tears its
+    connections down while another still uses them can abort that one)."""
     if info.initialised_here and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -85,6 +89,12 @@ def _local_worker(rank: int, world: int, port: int, fn: Callable, args: tuple) -
     os.environ.update({"WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     fn(*args)
+    # Done: leave without the interpreter's exit-time teardown. Destroying gloo's and the TCP store's C++ objects
+    # there can hit a still-joinable std::thread ("terminate called without an active exception", SIGABRT) and
+    # fail a run that finished. An exception above still goes through torch's spawn error reporting.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch_local(nproc: int, fn: Callable, *args: Any) -> None:
