@@ -9,6 +9,7 @@ runs, the executor is shut down and the node destroyed before rclpy shuts down.
 
 from __future__ import annotations
 
+import concurrent.futures
 import signal
 import sys
 import threading
@@ -24,6 +25,7 @@ from dexwm_model.config import ConfigError
 
 EXIT_PARAMETERS = 2
 POLL_S = 0.1  # longest a stop signal waits for the executor to notice it
+WORKERS_GRACE_S = 5.0  # callbacks still running at a stop get this long to finish
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -48,6 +50,21 @@ class StopFlag:
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002 - the signal module's signature
         self.event.set()
+
+
+def _let_workers_finish(executor: Executor, timeout_s: float) -> None:
+    """Wait (bounded) until a multi-threaded executor's worker threads have finished their callbacks.
+
+    rclpy's ``MultiThreadedExecutor.shutdown`` destroys the executor's guard condition before it joins its worker
+    threads; a callback still in a worker then fails on that guard condition, and the failed task prints "The
+    following exception was never retrieved: cannot use Destroyable ..." at exit. The node's ``close()`` has
+    already told its long-running callbacks to end."""
+    pool = getattr(executor, "_executor", None)  # the worker pool of a MultiThreadedExecutor
+    if not isinstance(pool, concurrent.futures.ThreadPoolExecutor):
+        return
+    joiner = threading.Thread(target=pool.shutdown, kwargs={"wait": True}, name="executor_workers_join", daemon=True)
+    joiner.start()
+    joiner.join(timeout_s)
 
 
 def run_node(make_node: Callable[[], Node], program: str, args: list[str] | None = None, *,
@@ -91,7 +108,8 @@ def run_node(make_node: Callable[[], Node], program: str, args: list[str] | None
             if callable(close):
                 close()
         if executor is not None:
-            executor.shutdown(timeout_sec=5.0)
+            _let_workers_finish(executor, WORKERS_GRACE_S)
+            executor.shutdown(timeout_sec=WORKERS_GRACE_S)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
