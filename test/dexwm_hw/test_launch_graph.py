@@ -56,7 +56,7 @@ def test_sim_graph_holds_the_simulator_and_only_installed_nodes():
     sim = nodes["dexwm_sim"]
     assert sim.parameter_files == [str(ROOT / "config" / "sim_node.yaml")] and sim.overrides == {"seed": 5}
     planner = nodes["dexwm_planner"]
-    assert planner.ends_run
+    assert planner.ends_run and planner.task_failed_code == 3  # dexwm_hw.ros.exit_codes.EXIT_TASK_FAILED
     assert planner.overrides == {"task": "reach", "goal_image": "/tmp/goal.png", "seed": 5, "checkpoint": ""}
     assert "dexwm_planner" in {m.node.name for m in graph.missing}  # no checkpoint: not started
     assert graph.external == []
@@ -277,6 +277,14 @@ def test_a_finishing_task_node_ends_the_run_successfully_and_a_timeout_fails_it(
     sup = Supervisor([ProcessSpec("worker", _py(SLEEPER))], FAST, out=_Lines())
     outcome = sup.run(timeout=0.3)
     assert outcome.code == EXIT_TIMEOUT and "timed out after 0.3 s" in outcome.reason
+    # its task failed: the run fails, said as such (not as a crash); any other code is a crash
+    for code, reason in ((3, "planner finished, its task failed (exit code 3)"), (1, "planner died with exit code 1")):
+        out = _Lines()
+        sup = Supervisor([ProcessSpec("planner", _py(f"raise SystemExit({code})"), ends_run=True, task_failed_code=3),
+                          ProcessSpec("worker", _py(SLEEPER))], FAST, out=out)
+        outcome = sup.run(timeout=30)
+        assert (outcome.code, outcome.reason) == (EXIT_NODE_FAILED, reason)
+        assert ("ERROR:" in out.text) == (code != 3), out.text
 
 
 # --------------------------------------------------------------------- `dexwm launch` with the real nodes

@@ -377,7 +377,7 @@ def test_start_up_task_runs_once_and_exits_with_its_outcome(graph, checkpoint, t
     except subprocess.TimeoutExpired:
         pytest.fail(f"the start-up task did not end:\n{proc.log()}")
     out = proc.log()
-    assert rc == 1 and "start-up task reach: TIMEOUT after 2 steps" in out, out
+    assert rc == 3 and "start-up task reach: TIMEOUT after 2 steps" in out, out  # EXIT_TASK_FAILED
     assert "Traceback" not in out and "never retrieved" not in out, out
     result = json.loads(result_file.read_text())
     assert result["reason"] == "TIMEOUT" and result["steps"] == 2 and not result["success"]

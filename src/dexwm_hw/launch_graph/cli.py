@@ -2,7 +2,8 @@
 
 Every node runs as a process (``<exe> --ros-args -r __node:=<name> --params-file ... -p k:=v``) with its output
 prefixed by its name. A node that dies stops the whole graph (SIGINT, then SIGTERM, then SIGKILL) and the command
-exits 1; Ctrl-C (or SIGTERM) is forwarded to every node; ``--timeout`` bounds the task (exit 3 when it runs
+exits 1, as it does when the planner's task ends without success (the planner exits 3 then, and the outcome line
+says why); Ctrl-C (or SIGTERM) is forwarded to every node; ``--timeout`` bounds the task (exit 3 when it runs
 out); ``--duration`` stops a healthy graph after that many seconds (exit 0). Nodes that are not installed are
 listed and left out. While the graph runs, the nodes and topics it shows are collected through rclpy's graph API
 and printed at the end.

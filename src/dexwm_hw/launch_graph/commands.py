@@ -50,5 +50,6 @@ def process_specs(graph: Graph) -> list[ProcessSpec]:
         if exe is None:
             raise FileNotFoundError(f"{node.executable} ({node.package}) was installed when the graph was described "
                                     "but is gone now")
-        specs.append(ProcessSpec(node.name, node_command(node, exe), ends_run=node.ends_run))
+        specs.append(ProcessSpec(node.name, node_command(node, exe), ends_run=node.ends_run,
+                                 task_failed_code=node.task_failed_code))
     return specs

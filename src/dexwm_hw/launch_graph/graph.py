@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from dexwm_hw.ros.exit_codes import EXIT_TASK_FAILED
 from dexwm_model.config import config_dir
 
 PACKAGE = "dexwm"
@@ -75,6 +76,7 @@ class NodeSpec:
     ``parameters``: parameter files (absolute paths) and dicts of overrides, applied in order.
     ``condition``: the name of a boolean launch argument; the node runs only when it is true.
     ``ends_run``: the node finishes the task; its clean exit ends the whole run successfully.
+    ``task_failed_code``: with ``ends_run``, the exit code by which the node reports that its task failed.
     """
 
     package: str
@@ -85,6 +87,7 @@ class NodeSpec:
     arguments: tuple[str, ...] = ()
     condition: str | None = None
     ends_run: bool = False
+    task_failed_code: int | None = None
     description: str = ""
 
     @property
@@ -266,7 +269,7 @@ def _all_nodes(task: str, backend: str, values: dict[str, str]) -> list[NodeSpec
               **({} if episode is None else {"episode_file": values["episode_file"],
                                              "result_file": str(Path(values["episode_file"]).parent / RESULT_FILE),
                                              "recording_dir": str(Path(values["episode_file"]).parent)})},
-             ends_run=True,
+             ends_run=True, task_failed_code=EXIT_TASK_FAILED,
              description=f"plans the {task} task in the world model's latent space"),
         node("dexwm_recorder_node", "dexwm_recorder", ("recorder_node.yaml", "recorder.yaml"), condition="record",
              description="records the run's topics"),

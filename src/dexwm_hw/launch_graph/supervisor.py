@@ -46,6 +46,7 @@ class ProcessSpec:
     name: str
     cmd: list[str]
     ends_run: bool = False  # its exit with code 0 ends the run successfully
+    task_failed_code: int | None = None  # with ends_run: the exit code by which it reports a failed task (no crash)
 
 
 @dataclass
@@ -155,6 +156,9 @@ class Supervisor:
                     continue
                 if spec.ends_run and rc == 0:
                     outcome = RunOutcome(EXIT_OK, f"{spec.name} finished (exit code 0)")
+                elif spec.ends_run and rc == spec.task_failed_code:
+                    outcome = RunOutcome(EXIT_NODE_FAILED, f"{spec.name} finished, its task failed (exit code {rc})")
+                    self.say(f"{spec.name} finished, its task failed (exit code {rc}): stopping the graph")
                 else:
                     outcome = RunOutcome(EXIT_NODE_FAILED, f"{spec.name} died with exit code {rc}")
                     self.say(f"ERROR: {spec.name} died with exit code {rc}: stopping the graph")

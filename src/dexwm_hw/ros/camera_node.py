@@ -31,14 +31,14 @@ from dexwm_hw.cameras import SOURCES, CameraError, EndOfStream, FrameSource, mak
 from dexwm_hw.ros import conversions as conv
 from dexwm_hw.ros.controller_common import float_range, int_range
 from dexwm_hw.ros.joint_names import CAMERA_OPTICAL_FRAME
-from dexwm_hw.ros.node_runner import EXIT_PARAMETERS, run_node
+from dexwm_hw.ros.exit_codes import EXIT_CANNOT_RUN, EXIT_PARAMETERS
+from dexwm_hw.ros.node_runner import run_node
 from dexwm_model.config import ConfigError, from_dict, load_yaml
 
 NODE_NAME = "dexwm_camera"
 PARAMS_FILE = "camera.yaml"
 IMAGE_TOPIC = "camera/color/image_raw"
 CAMERA_INFO_TOPIC = "camera/color/camera_info"
-EXIT_CAMERA = 1
 
 
 @dataclass
@@ -187,7 +187,7 @@ class CameraNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(CameraNode, "dexwm_camera_node", args, fatal={CameraError: EXIT_CAMERA, ValueError: EXIT_PARAMETERS})
+    return run_node(CameraNode, "dexwm_camera_node", args, fatal={CameraError: EXIT_CANNOT_RUN, ValueError: EXIT_PARAMETERS})
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from sensor_msgs.msg import Image, JointState
 from dexwm_hw.ros import conversions as conv
 from dexwm_hw.ros.controller_common import float_range, int_range, joint_positions
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_hw.ros.exit_codes import EXIT_CANNOT_RUN
 from dexwm_hw.ros.node_runner import run_node
 from dexwm_interfaces.msg import HandKeypoints, PlanStatus
 from dexwm_model.config import ConfigError, from_dict, load_yaml
@@ -41,7 +42,6 @@ from dexwm_model.ros.topics import HAND_KEYPOINTS_TOPIC, IMAGE_TOPIC, IMAGINED_I
 
 NODE_NAME = "dexwm_world_model"
 PARAMS_FILE = "world_model_node.yaml"
-EXIT_CHECKPOINT = 1
 DEVICES = "auto | cpu | cuda | cuda:N"
 RIGHT = slice(6, 12)  # the right hand's wrist + 5 tips among the hand head's 12 heat-maps
 
@@ -310,7 +310,7 @@ class WorldModelNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(WorldModelNode, "dexwm_world_model_node", args, fatal={CheckpointLoadError: EXIT_CHECKPOINT})
+    return run_node(WorldModelNode, "dexwm_world_model_node", args, fatal={CheckpointLoadError: EXIT_CANNOT_RUN})
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ reason, so the client gets it in the result). Every ending except ESTOP publishe
 joints, unless the safety layer refuses waypoints (it holds the robot itself then).
 
 With parameter ``task`` set, the node also runs that one task at start-up (goal image from the file
-``goal_image``) through its own action server and exits when it ends: 0 on success, 1 otherwise (the launch
-graph's "ends the run" node). A missing or damaged checkpoint: the node logs why and exits 1; bad parameters: 2.
+``goal_image``) through its own action server and exits when it ends: 0 on success, 3 when the task did not
+succeed (the launch graph's "ends the run" node). A missing or damaged checkpoint: the node says why and exits 1;
+bad parameters: 2 (``dexwm_hw.ros.exit_codes``).
 
 The camera pose used for the feedback's keypoints is the simulated scene's (``config/sim.yaml``), as in the
 planner's cost. Parameters: ``config/planner_node.yaml``; the search: ``config/planner.yaml`` (+ ``profile`` of
@@ -65,6 +66,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from dexwm_hw.ros import conversions as conv
 from dexwm_hw.ros.controller_common import STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC, float_range, int_range
+from dexwm_hw.ros.exit_codes import EXIT_CANNOT_RUN, EXIT_TASK_FAILED
 from dexwm_hw.ros.node_runner import run_node
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, ARM_BASE_FRAME, ARM_JOINT_NAMES, CAMERA_OPTICAL_FRAME, WORLD_FRAME
 from dexwm_interfaces.action import RunTask
@@ -90,7 +92,6 @@ from dexwm_model.ros.world_model_node import CheckpointLoadError, load_world_mod
 
 NODE_NAME = "dexwm_planner"
 PARAMS_FILE = "planner_node.yaml"
-EXIT_FAILED = 1
 TASKS = (RunTask.Goal.TASK_REACH, RunTask.Goal.TASK_GRASP, RunTask.Goal.TASK_PLACE)
 METHODS = (RunTask.Goal.PLANNER_CEM, RunTask.Goal.PLANNER_MPPI)
 OBJECT_POSES_TOPIC = "dexwm/sim/object_poses"  # the simulator's extras (dexwm_hw.ros.sim_node)
@@ -1074,7 +1075,7 @@ class PlannerNode(Node):
                         "safety READY": (self._safety or {}).get("state") == "READY"}
             log.error(f"start-up task {self._autorun_task}: inputs not ready within startup_timeout "
                       f"{self._param('startup_timeout'):g} s: {have}")
-            self.exit_code = EXIT_FAILED
+            self.exit_code = EXIT_TASK_FAILED
             self.finished.set_result(self.exit_code)
             return
         done = threading.Event()
@@ -1095,7 +1096,7 @@ class PlannerNode(Node):
         log.info(f"start-up task {self._autorun_task}: {result.reason} after {result.steps} steps "
                  f"({result.duration:.1f} s){': ' + result.message if result.message else ''}")
         self._write_result(result)
-        self.exit_code = 0 if result.success else EXIT_FAILED
+        self.exit_code = 0 if result.success else EXIT_TASK_FAILED
         self.finished.set_result(self.exit_code)
 
     def close(self) -> None:
@@ -1112,7 +1113,7 @@ def _f32(value: float) -> float:
 def main(args: list[str] | None = None) -> int:
     return run_node(PlannerNode, "dexwm_planner_node", args,
                     executor_factory=lambda: MultiThreadedExecutor(num_threads=6),
-                    fatal={CheckpointLoadError: EXIT_FAILED},
+                    fatal={CheckpointLoadError: EXIT_CANNOT_RUN},
                     until=lambda node: node.finished.done(),  # done only after a start-up task
                     exit_code=lambda node: node.exit_code)
 
