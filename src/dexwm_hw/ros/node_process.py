@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from dexwm_model.config import config_dir
@@ -19,11 +19,9 @@ from dexwm_model.config import config_dir
 
 class NodeProcess:
     def __init__(self, script: str, log_path: Path, *, domain_id: int, params: str | None = None,
-                 overrides: Sequence[str] = (), ros_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 ros_log_dir: Path | None = None) -> None:
+                 overrides: Sequence[str] = (), ros_args: Sequence[str] = (), ros_log_dir: Path | None = None) -> None:
         """Start ``script`` (a console script next to this Python) with ``--params-file config/<params>``, each
         ``name:=value`` of ``overrides`` as ``-p`` and ``ros_args`` (e.g. ``-r __ns:=/a``) after them."""
-        self.name = script
         self.log_path = Path(log_path)
         cmd = [str(Path(sys.executable).with_name(script)), "--ros-args"]
         if params is not None:
@@ -35,7 +33,6 @@ class NodeProcess:
                         MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
         if ros_log_dir is not None:
             full_env["ROS_LOG_DIR"] = str(ros_log_dir)
-        full_env.update(env or {})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "w") as log:
             self.popen = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT)

@@ -67,8 +67,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 from dexwm_hw.ros import conversions as conv
 from dexwm_hw.ros.controller_common import STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC, float_range, int_range
 from dexwm_hw.ros.exit_codes import EXIT_CANNOT_RUN, EXIT_TASK_FAILED
-from dexwm_hw.ros.node_runner import run_node
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, ARM_BASE_FRAME, ARM_JOINT_NAMES, CAMERA_OPTICAL_FRAME, WORLD_FRAME
+from dexwm_hw.ros.node_runner import run_node
 from dexwm_interfaces.action import RunTask
 from dexwm_interfaces.msg import HandKeypoints, PlanStatus
 from dexwm_interfaces.srv import SetGoalFromCamera
@@ -605,8 +605,7 @@ class PlannerNode(Node):
                 step = mpc.plan()
                 prog.replans += 1
                 prog.best_cost = float(step.cost)
-                with torch.no_grad():
-                    prog.cost = mpc.observation_cost()
+                prog.cost = mpc.observation_cost()
                 prog.planning_time = float(step.planning_time_s)
                 prog.replan_times.append(prog.planning_time)
                 cost_monitor.update(prog.cost)
