@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench sim-node": ("dexwm_hw.ros.bench", "measure the sim ROS node's achieved control and camera rates (JSON)"),
     "bench fk": ("dexwm_model.kinematics.bench", "measure batched forward-kinematics calls/s and joint-vectors/s (JSON)"),
     "bench plan": ("dexwm_planner.planners.bench", "time CEM/MPPI planning per iteration and replan vs the reference pattern (JSON)"),
+    "bench diagnose": ("dexwm_planner.benchmark.diagnose", "score the demonstration, holding still and random plans under the planning cost: model vs search failure (JSON)"),
     "bench tasks": ("dexwm_planner.benchmark.cli", "closed-loop MPC (or baseline) success rates on the task suites, with recordings (JSON)"),
     "launch": ("dexwm_hw.launch_graph.cli", "start a task's ROS 2 graph (sim or real backend) and watch it"),
     "train world-model": ("dexwm_model.training.cli", "train / fine-tune the latent world model (DDP-capable)"),

@@ -390,6 +390,17 @@ class GoalImageMPC:
             fr.append(frame)
         del fr[:-self.config.context_frames]
 
+    def observation(self) -> PlanObservation:
+        """What the next replan plans from: the kept context latents, their times, the newest joints, the goal."""
+        if self._goal is None:
+            raise MPCNotReady("plan: no goal set (call set_goal(goal_image, task) first)")
+        if not self._frames:
+            raise MPCNotReady("plan: no camera frame observed since the goal was set (call observe(image, joints, "
+                              "t) first)")
+        return PlanObservation(context=torch.stack([f.latent for f in self._frames]),
+                               times=np.array([f.t for f in self._frames]), joints=self._frames[-1].joints,
+                               goal=self._goal, goal_keypoints=self._goal_uv)
+
     @torch.no_grad()
     def plan(self) -> MPCStep:
         """One replan from the kept context toward the goal; returns the waypoints to execute now."""
@@ -401,10 +412,7 @@ class GoalImageMPC:
         t0 = time.perf_counter()
         p = self.planner
         newest = self._frames[-1]
-        obs = PlanObservation(context=torch.stack([f.latent for f in self._frames]),
-                              times=np.array([f.t for f in self._frames]), joints=newest.joints, goal=self._goal,
-                              goal_keypoints=self._goal_uv)
-        state = p.prepare(obs)
+        state = p.prepare(self.observation())
         result: PlanResult = p.plan(state)
         t1 = time.perf_counter()
         best = torch.as_tensor(result.waypoints, dtype=torch.float32, device=p.device)

@@ -121,6 +121,18 @@ def draw_entry(task: str, index: int, seed: int, sim, cfg: TasksConfig) -> dict 
     return entry
 
 
+def solved_at_start(sim, spec: EpisodeSpec, cfg: TasksConfig | None = None) -> bool:
+    """True when the episode's success test -- against the goal it is scored with (:meth:`EpisodeSpec.goal`, the
+    demonstrated end state) -- already holds at its start state while the robot holds still for
+    ``success.hold_ticks`` control ticks: such an episode tests nothing (holding still solves it), so the suite
+    builder rejects it. Leaves ``sim`` at the episode's start (after the hold)."""
+    cfg = cfg or load_tasks_config()
+    sim.reset(spec.seed, joints=spec.start_joints)
+    monitor = TaskMonitor(spec.goal(), cfg.success)
+    sim.move_to(spec.start_joints, duration=(cfg.success.hold_ticks + 1) * sim.control_dt, on_tick=monitor.update)
+    return bool(monitor.success)
+
+
 def goal_keypoints_for(sim, joints: np.ndarray) -> np.ndarray:
     """Wrist + fingertip positions (5, 3) for a 23-joint posture (kinematics only; sim untouched)."""
     m = sim.model

@@ -19,10 +19,11 @@ import numpy as np
 
 from dexwm_model.config import config_dir
 from dexwm_planner.tasks.config import TASKS, TasksConfig, load_tasks_config
-from dexwm_planner.tasks.episodes import EpisodeSpec, draw_entry, run_episode, validate_entry
+from dexwm_planner.tasks.episodes import EpisodeSpec, draw_entry, run_episode, solved_at_start, validate_entry
 
 SUITE_FORMAT = 1
 SEED_BASE = {"reach": 10_000, "grasp": 20_000, "place": 30_000}
+START_SOLVED = "the success test already holds at the start state (holding still solves it)"
 
 
 def suite_path(task: str) -> Path:
@@ -77,15 +78,19 @@ def create_suite(task: str, episodes: int, sim, cfg: TasksConfig | None = None, 
         if entry is None:
             rejected.append({"seed": seed, "reason": "no valid goal could be drawn"})
             continue
-        _, outcome = run_episode(sim, task, entry, cfg, render_goal=False)
-        if outcome["success"]:
+        spec, outcome = run_episode(sim, task, entry, cfg, render_goal=False)
+        reason = None
+        if not outcome["success"]:
+            reason = "no verified plan" if not outcome["planned"] else "demonstration failed its success test"
+        elif solved_at_start(sim, spec, cfg):
+            reason = START_SOLVED
+        if reason is None:
             kept.append(entry)
         else:
-            reason = "no verified plan" if not outcome["planned"] else "demonstration failed its success test"
             rejected.append({**entry, "index": None, "reason": reason})
         if log is not None:
-            log(f"{task} seed {seed}: {'kept' if outcome['success'] else 'rejected'} "
-                f"({len(kept)}/{episodes}, {outcome['wall_s']:.1f} s)")
+            log(f"{task} seed {seed}: {'kept' if reason is None else 'rejected'} "
+                f"({len(kept)}/{episodes}, {outcome['wall_s']:.1f} s)" + (f": {reason}" if reason else ""))
     return {
         "task": task,
         "format": SUITE_FORMAT,
