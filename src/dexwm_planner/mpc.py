@@ -61,7 +61,7 @@ class MPCNotReady(RuntimeError):
 class MPCConfig:
     """Section ``mpc`` of ``config/mpc.yaml`` (see the comments there)."""
 
-    context_frames: int = 8
+    context_frames: int | None = None
     frame_period_s: float = 0.2
     execute_steps: int | None = None
     max_steps: int = 40
@@ -71,8 +71,11 @@ class MPCConfig:
     def __post_init__(self) -> None:
         for name in ("context_frames", "max_steps"):
             v = getattr(self, name)
+            if name == "context_frames" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"mpc.{name}: expected a positive integer, found {v!r}")
+                raise ConfigError(f"mpc.{name}: expected a positive integer{' or null' if name == 'context_frames' else ''}, "
+                                  f"found {v!r}")
         if self.execute_steps is not None and (isinstance(self.execute_steps, bool)
                                                or not isinstance(self.execute_steps, int) or self.execute_steps < 1):
             raise ConfigError(f"mpc.execute_steps: expected a positive integer or null, found {self.execute_steps!r}")
@@ -196,6 +199,8 @@ class GoalImageMPC:
         if not isinstance(config, MPCConfig):
             raise ValueError(f"GoalImageMPC: config must be an MPCConfig, found {type(config).__name__}")
         max_ctx = model.predictor.cfg.max_context
+        if config.context_frames is None:
+            config = replace(config, context_frames=max_ctx)
         if config.context_frames > max_ctx:
             raise ConfigError(f"mpc.context_frames ({config.context_frames}) exceeds the predictor's max_context "
                               f"({max_ctx})")

@@ -222,8 +222,10 @@ def test_config_errors(world_model):
         make_mpc(world_model, MPCConfig(context_frames=world_model.predictor.cfg.max_context + 1))
     with pytest.raises(ConfigError, match="differs from the planner's"):
         make_mpc(world_model, MPCConfig(execute_steps=2))
+    # null: the context the predictor was built for
+    assert make_mpc(world_model, MPCConfig()).config.context_frames == world_model.predictor.cfg.max_context
     cfg = load_mpc_config()
-    assert cfg.context_frames == 8 and cfg.keypoints in ("head", "fk", "none")
+    assert cfg.context_frames is None and cfg.keypoints in ("head", "fk", "none")
     cpu = mpc_planner_config("place", "cpu", "mppi", "cpu")
     assert (cpu.planner.samples, cpu.planner.horizon, cpu.planner.iterations) == (64, 2, 3)
     assert cpu.planner.method == "mppi" and cpu.planner.init_std_hand == 0.01  # the task's override survives
