@@ -227,8 +227,9 @@ def test_config_errors(world_model):
     cfg = load_mpc_config()
     assert cfg.context_frames is None and cfg.keypoints in ("head", "fk", "none")
     cpu = mpc_planner_config("place", "cpu", "mppi", "cpu")
-    assert (cpu.planner.samples, cpu.planner.horizon, cpu.planner.iterations) == (64, 2, 3)
+    assert (cpu.planner.samples, cpu.planner.horizon, cpu.planner.iterations) == (32, 2, 3)
     assert cpu.planner.method == "mppi" and cpu.planner.init_std_hand == 0.01  # the task's override survives
+    assert cpu.cost.hand_weight == 1.0 and mpc_planner_config("grasp", "cpu").cost.orientation_weight == 0.1
     with pytest.raises(ConfigError, match="unknown planner profile"):
         mpc_planner_config("reach", "gpu-huge")
 

@@ -20,6 +20,7 @@ import torch
 
 from dexwm_model.decoder import LatentDecoder
 from dexwm_model.encoders.factory import EncoderConfig
+from dexwm_model.encoders.sim_vit import tensors_sha256
 from dexwm_model.predictor.config import HandHeadConfig, load_predictor_config
 from dexwm_model.world_model import WorldModel, WorldModelConfig
 from dexwm_planner.mpc import GoalImageMPC, MPCConfig
@@ -175,12 +176,19 @@ def test_mismatched_decoder_is_noted_once_and_skipped(tmp_path):
     assert len(notes) == 1 and "does not fit" in notes[0] and "projection" in notes[0]
 
 
-def test_committed_decoder_is_refused_for_the_committed_world_model():
-    """checkpoints/world_model_sim_cpu embeds an older encoder than the one decoder_sim_vit was trained on."""
+def test_committed_decoders_fit_the_committed_world_model():
+    """checkpoints/world_model_sim_cpu embeds the encoder_sim_vit tensors: its bundled decoder and decoder_sim_vit
+    both fit it (checked by the encoder tensors' digest), and neither fits an encoder with other weights."""
     model = WorldModel.load(REPO / "checkpoints" / "world_model_sim_cpu")
-    decoder = LatentDecoder.load(REPO / "checkpoints" / "decoder_sim_vit")
-    reason = decoder_mismatch(decoder, model)
-    assert reason is not None and "encoder weights" in reason
+    for folder in (REPO / "checkpoints" / "world_model_sim_cpu" / "decoder", REPO / "checkpoints" / "decoder_sim_vit"):
+        decoder = LatentDecoder.load(folder)
+        assert decoder_mismatch(decoder, model) is None
+        with torch.no_grad():
+            next(iter(model.encoder.backbone.parameters())).add_(1e-3)
+        model.encoder.info = {**model.encoder.info, "tensors_sha256": tensors_sha256(model.encoder.backbone)}
+        reason = decoder_mismatch(decoder, model)
+        assert reason is not None and "encoder tensors" in reason
+        model = WorldModel.load(REPO / "checkpoints" / "world_model_sim_cpu")
 
 
 def test_bad_input(tmp_path):

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_FRACTIONS = (0.1, 0.3, 0.5, 0.7)
-DEFAULT_HAND_WEIGHTS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1)
+DEFAULT_HAND_WEIGHTS = (0.0, 0.001, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # spans the paper's 0.001 to the calibrated values
 
 
 @dataclass
