@@ -86,6 +86,35 @@ def test_bench_plan_quick_prints_valid_json(capsys, monkeypatch):
     assert entry["speedup"]["iteration"] > 0 and entry["speedup"]["replan"] > 0
 
 
+def test_bench_plan_times_a_checkpoint_under_a_planner_profile(capsys, monkeypatch, tmp_path):
+    """--checkpoint: the committed world model (its own encoder, its trained context) under the quick profile's
+    search, both paths; FLOPs counted agree with the architecture's and the matmul-rate fraction is reported."""
+    from pathlib import Path
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    ckpt = Path(__file__).resolve().parents[2] / "checkpoints" / "world_model_sim_cpu"
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["bench", "plan", "--checkpoint", str(ckpt), "--profile", "quick", "--device", "cpu",
+                   "--threads", "1", "--budget-s", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    (entry,) = json.loads(capsys.readouterr().out)["results"]
+    assert "error" not in entry, entry.get("error")
+    assert (entry["settings"], entry["samples"], entry["iterations"], entry["horizon"]) == ("quick", 8, 2, 2)
+    assert entry["context_frames"] == 4 and entry["tokens"] == 64 and "SimViTEncoder" in entry["encoder"]
+    for path in ("fast", "reference"):
+        ratio = entry["analytic_flops_per_iteration"][path] / entry[path]["flops_per_iteration"]
+        assert 0.8 < ratio < 1.25, (path, ratio)
+    assert 0 < entry["fast"]["fraction_of_matmul_rate"]
+    assert entry["same_costs_max_rel_diff"] < 1e-4
+    with pytest.raises(SystemExit, match="unknown planner profile 'moon'"):
+        main(["bench", "plan", "--checkpoint", str(ckpt), "--profile", "moon"])
+    with pytest.raises(SystemExit, match="--checkpoint: world-model checkpoint .* missing config.yaml"):
+        main(["bench", "plan", "--checkpoint", str(tmp_path), "--no-reference"])
+
+
 def test_bench_plan_rejects_bad_arguments(monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     with pytest.raises(SystemExit, match="--sizes"):

@@ -21,6 +21,11 @@ Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA, the process's peak res
 Settings: ``paper`` (N = 512, K = 10, L = 10, T = 3, 8 context frames, DINOv2 ViT-L at 224 x 392: P = 448
 tokens of d = 1024), ``cpu`` (N = 64, K = 10, L = 3, T = 2, 8 frames, ViT-S at 224 x 224: P = 256, d = 384) and
 ``quick`` (N = 8, K = 3, L = 2, T = 2, 4 frames, ViT-S at 112 x 112: seconds; for CI).
+
+``--checkpoint DIR`` times a trained world model instead (its own encoder and predictor, context = the predictor's
+``max_context``, camera frames of the simulator's size) under the search of a planner profile of
+``config/mpc.yaml`` (``--profile``, default ``cpu``; reach's task overrides): the FLOPs and the fraction of this
+machine's matmul rate that the shipped planner reaches.
 """
 
 from __future__ import annotations
@@ -84,6 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's rollout + cost")
     parser.add_argument("--no-reference", action="store_true", help="time the fast path only")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    parser.add_argument("--checkpoint", default=None, metavar="DIR",
+                        help="time this world-model checkpoint under a planner profile instead of random sizes")
+    parser.add_argument("--profile", default="cpu",
+                        help="with --checkpoint: planner profile of config/mpc.yaml (default cpu)")
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -150,17 +159,38 @@ def analytic_flops(model: Any, setting: Setting) -> dict[str, float]:
         return depth * per_block + 2 * proj
 
     fast = sum(query(min(C + s, cap) * P, s + 1 < T) for s in range(T))
-    enc = model.encoder
-    ew = enc.dim
-    layers = enc.backbone.config.num_hidden_layers
-    tok = enc.num_tokens + 1  # + CLS
-    image = layers * (2 * tok * 12 * ew * ew + 4 * tok * tok * ew) + 2 * enc.num_tokens * 3 * enc.patch_size ** 2 * ew
+    image = _image_flops(model.encoder)
     ref = 0.0
     for s in range(T):
         frames = min(C + s, cap)
         n_img = C - max(0, C + s - cap)
         ref += n_img * image + frames * (proj + depth * 2 * P * W * 2 * W) + query(frames * P, False)
     return {"fast": fast, "reference": ref}
+
+
+def _image_flops(enc: Any) -> float:
+    """FLOPs of encoding one frame: our ``dexwm_vit`` from its architecture, DINOv2 from its config."""
+    arch = getattr(enc, "arch", None)
+    if arch is not None and hasattr(arch, "patch_size") and hasattr(arch, "mlp_ratio"):
+        from dexwm_model.encoders.sim_vit import flops_per_image
+
+        return flops_per_image(arch)
+    ew, layers, tok = enc.dim, enc.backbone.config.num_hidden_layers, enc.num_tokens + 1  # + CLS
+    return layers * (2 * tok * 12 * ew * ew + 4 * tok * tok * ew) + 2 * enc.num_tokens * 3 * enc.patch_size ** 2 * ew
+
+
+def checkpoint_setting(model: Any, profile: str) -> Setting:
+    """The search of planner profile ``profile`` (reach's task overrides) for a trained model: its context, the
+    simulator camera's frame size."""
+    from dexwm_hw.sim.scene import load_sim_config
+    from dexwm_planner.mpc import mpc_planner_config
+
+    pc = mpc_planner_config("reach", profile).planner
+    cam = load_sim_config()[1]
+    elites = pc.cem.elites if pc.method == "cem" else pc.mppi.elites
+    return Setting(samples=pc.samples, elites=elites, iterations=pc.iterations, horizon=pc.horizon,
+                   context=model.predictor.cfg.max_context, encoder="checkpoint", image=(cam.height, cam.width),
+                   chunk_size=pc.samples)
 
 
 def machine_rate(device: torch.device) -> float:
@@ -244,7 +274,10 @@ def _summary(iter_times: list[float]) -> float:
 
 
 def bench_one(setting_name: str, size: str, device: torch.device, budget: float, method: str, compile_: bool,
-              reference: bool, rate: float, memory_gb: float | None = None) -> dict[str, Any]:
+              reference: bool, rate: float, memory_gb: float | None = None,
+              checkpoint: str | None = None) -> dict[str, Any]:
+    """One row of the report. With ``checkpoint`` (a world-model folder), ``setting_name`` is a planner profile of
+    ``config/mpc.yaml`` and ``size`` only labels the row."""
     from dexwm_hw.sim.scene import load_sim_config
     from dexwm_model.predictor import count_parameters
     from dexwm_planner.planners.config import load_planner_config
@@ -252,9 +285,20 @@ def bench_one(setting_name: str, size: str, device: torch.device, budget: float,
     from dexwm_planner.planners.planner import PlanObservation, Planner
     from dexwm_planner.planners.reference import ReferencePattern
 
-    st = SETTINGS[setting_name]
-    model, build_s = cached_model(size, st, device)
-    cfg = load_planner_config().replace(
+    if checkpoint is not None:
+        from dexwm_model.world_model import WorldModel
+        from dexwm_planner.mpc import mpc_planner_config
+
+        t0 = time.perf_counter()
+        model = WorldModel.load(checkpoint, map_location=device)
+        build_s = time.perf_counter() - t0
+        st = checkpoint_setting(model, setting_name)
+        base = mpc_planner_config("reach", setting_name)  # the shipped search and cost, not only its sizes
+    else:
+        st = SETTINGS[setting_name]
+        model, build_s = cached_model(size, st, device)
+        base = load_planner_config()
+    cfg = base.replace(
         planner={"method": method, "samples": st.samples, "iterations": st.iterations, "horizon": st.horizon,
                  "cem": {"elites": st.elites}, "mppi": {"elites": st.elites}},
         runtime={"device": str(device), "dtype": "auto", "compile": compile_, "chunk_size": st.chunk_size,
@@ -273,7 +317,8 @@ def bench_one(setting_name: str, size: str, device: torch.device, budget: float,
         "settings": setting_name, "size": size, "samples": st.samples, "elites": st.elites,
         "iterations": st.iterations, "horizon": st.horizon, "context_frames": st.context,
         "image_size": list(st.image), "tokens": p.num_tokens, "latent_dim": p.input_dim,
-        "encoder": f"dinov2-{st.encoder} (random weights)", "predictor_params": count_parameters(p),
+        "encoder": (f"{type(model.encoder).__name__} of {checkpoint}" if checkpoint is not None
+                    else f"dinov2-{st.encoder} (random weights)"), "predictor_params": count_parameters(p),
         "predictor": {"depth": p.cfg.depth, "width": p.cfg.width, "heads": p.cfg.heads},
         "dtype": "bfloat16 autocast" if planner.autocast_dtype is not None else str(planner.model_dtype)[6:],
         "chunk_size": planner.chunk_size, "model_build_s": round(build_s, 3),
@@ -446,6 +491,26 @@ def run(args: argparse.Namespace) -> int:
     }
     rate = machine_rate(device)
     report["matmul_flop_rate"] = float(f"{rate:.4g}")
+    if args.checkpoint is not None:
+        from dexwm_model.world_model import CheckpointError
+        from dexwm_planner.mpc import planner_profiles
+
+        if args.profile not in planner_profiles():
+            raise SystemExit(f"--profile: unknown planner profile {args.profile!r}; config/mpc.yaml defines "
+                             f"{sorted(planner_profiles())}")
+        t0 = time.perf_counter()
+        try:
+            entry = bench_one(args.profile, args.checkpoint, device, budget, args.method, args.compile,
+                              not args.no_reference, rate, args.memory_budget_gb, checkpoint=args.checkpoint)
+        except CheckpointError as exc:
+            raise SystemExit(f"--checkpoint: {exc}") from None
+        except (RuntimeError, MemoryError) as exc:
+            entry = {"settings": args.profile, "size": args.checkpoint, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        entry["bench_wall_s"] = round(time.perf_counter() - t0, 2)
+        if "fast" in entry and entry["fast"].get("flop_rate"):
+            entry["fast"]["fraction_of_matmul_rate"] = round(entry["fast"]["flop_rate"] / rate, 3)
+        report["results"].append(entry)
+        settings = []
     for setting in settings:
         for size in sizes:
             t0 = time.perf_counter()
