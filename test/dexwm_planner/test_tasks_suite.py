@@ -100,3 +100,34 @@ def test_place_demonstration_puts_the_object_at_its_goal():
     moved = np.linalg.norm(sim.object_pose(entry["object"]).position[:2] - spec.goal_object_position[:2])
     assert moved > 0.1  # it really was carried (goal spots are >= 15 cm from the start)
     sim.close()
+
+
+@pytest.mark.parametrize("grasp_goal", ["closed", "lifted"])
+def test_grasp_goal_is_cut_where_the_suite_config_says(grasp_goal):
+    """closed: the goal is the hand closed on the object still resting on the table (in contact, grasp test met,
+    not lifted); lifted: the demonstration's whole lift (object up, lifted test met)."""
+    import dataclasses
+
+    from dexwm_planner.tasks.episodes import run_episode
+
+    cfg = load_tasks_config()
+    cfg = dataclasses.replace(cfg, suite=dataclasses.replace(cfg.suite, grasp_goal=grasp_goal))
+    sim = PandaAllegroSim(render=False)
+    (entry,) = S.select(S.load_suite("grasp"), [0])
+    spec, outcome = run_episode(sim, "grasp", entry, cfg, render_goal=False)
+    assert outcome["success"] and sim.hand_contacts(entry["object"]) > 0
+    rise = float(spec.goal_object_position[2] - spec.rest_height)
+    if grasp_goal == "closed":
+        assert rise < 0.02
+    else:
+        assert rise > cfg.grasp.min_lift
+    sim.close()
+
+
+def test_grasp_goal_setting_is_checked():
+    import dataclasses
+
+    from dexwm_model.config import ConfigError
+
+    with pytest.raises(ConfigError, match="grasp_goal must be one of"):
+        dataclasses.replace(load_tasks_config().suite, grasp_goal="raised")

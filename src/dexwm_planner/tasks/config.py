@@ -20,6 +20,9 @@ def _range(where: str, name: str, pair: list[float]) -> None:
         raise ConfigError(f"tasks.yaml:{where}.{name} must be [low, high] with low <= high, got {pair}")
 
 
+GRASP_GOALS = ("closed", "lifted")
+
+
 @dataclass
 class SuccessConfig:
     hold_ticks: int
@@ -147,9 +150,12 @@ class SuiteConfig:
     start_arm_noise: float
     episodes: int
     goal_settle_ticks: int
+    grasp_goal: str  # closed: the grasp goal is the hand closed on the resting object; lifted: after the lift
 
     def __post_init__(self) -> None:
         _positive("suite", episodes=self.episodes)
+        if self.grasp_goal not in GRASP_GOALS:
+            raise ConfigError(f"tasks.yaml:suite.grasp_goal must be one of {GRASP_GOALS}, got '{self.grasp_goal}'")
 
 
 @dataclass

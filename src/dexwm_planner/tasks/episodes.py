@@ -144,6 +144,14 @@ def goal_keypoints_for(sim, joints: np.ndarray) -> np.ndarray:
     return np.stack([d.site(f"allegro/{s}").xpos.copy() for s in REACH_SITES])
 
 
+def grasp_goal_waypoints(plan, cfg: TasksConfig) -> list[np.ndarray]:
+    """The part of a verified lift a grasp episode's demonstration runs (``suite.grasp_goal``): up to the end of
+    closing the hand on the resting object (closed), or the whole lift and hold (lifted)."""
+    if cfg.suite.grasp_goal == "lifted":
+        return plan.waypoints
+    return plan.waypoints[: plan.grasp_index + 1 + cfg.grasp.close_ticks]
+
+
 def run_episode(sim, task: str, entry: dict, cfg: TasksConfig | None = None, demo: Demonstrator | None = None,
                 on_tick=None, render_goal: bool = True) -> tuple[EpisodeSpec, dict]:
     """Reset to the entry's start, plan and run the scripted demonstration, and take its end as the goal.
@@ -176,7 +184,7 @@ def run_episode(sim, task: str, entry: dict, cfg: TasksConfig | None = None, dem
         target = TaskGoal("reach", name, rest, goal_keypoints_for(sim, goal_q))
     elif task == "grasp":
         plan = demo.lift(name, rng)
-        waypoints = None if plan is None else plan.waypoints
+        waypoints = None if plan is None else grasp_goal_waypoints(plan, cfg)
         if plan is not None:
             info = {"verifications": plan.verifications, "candidates": plan.candidates_ranked,
                     "grasp_candidate": plan.candidate.as_dict()}
