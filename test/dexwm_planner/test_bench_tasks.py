@@ -224,3 +224,19 @@ def test_summary_counts(success_cfg):
     assert (s["episodes"], s["successes"], s["success_rate"]) == (4, 2, 0.5)
     assert s["failure_categories"] == {"last_centimetre": 1, "other": 1}
     assert s["loop_rate_hz"] == pytest.approx(10.0) and s["wilson_95"] == pytest.approx([0.15, 0.85], abs=1e-2)
+
+
+def test_privileged_goal_keypoints_are_the_goal_states_projection(checkpoint, sim, reach_spec, success_cfg):
+    """The diagnostic swaps the hand head's goal pixels for the FK projection of the goal state; baselines refuse."""
+    from dexwm_planner.mpc import RIGHT_HEATMAPS, GoalImageMPC
+
+    policy = GoalImageMPC.from_checkpoint(str(checkpoint), profile="quick", device="cpu")
+    run_closed_loop(sim, reach_spec, policy, success_cfg, load_bench_config(), max_steps=1,
+                    privileged_goal_keypoints=True)
+    expected = policy.planner.kin.hand_pixels(torch.as_tensor(reach_spec.goal_joints)).numpy()
+    assert np.allclose(policy.goal_keypoints[RIGHT_HEATMAPS], expected)
+    run_closed_loop(sim, reach_spec, policy, success_cfg, load_bench_config(), max_steps=1)
+    assert not np.allclose(policy.goal_keypoints[RIGHT_HEATMAPS], expected)  # the random head reads something else
+    with pytest.raises(ValueError, match="only the world-model planner"):
+        run_closed_loop(sim, reach_spec, StillPolicy((sim.joint_low, sim.joint_high), 0.2), success_cfg, load_bench_config(), max_steps=1,
+                        privileged_goal_keypoints=True)

@@ -62,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
     parser.add_argument("--goals", metavar="DIR", help="read episodes and goal images from a `dexwm suite build "
                                                        "--out DIR` folder instead of building them")
+    parser.add_argument("--privileged-goal-keypoints", action="store_true",
+                        help="diagnostic, not the method: the planner's goal hand pixels are the FK projection of "
+                             "the episode's goal state instead of the hand head on the goal image (how much of the "
+                             "error is the goal keypoints' estimate); world-model planner only")
 
 
 def parse_episodes(text: str) -> list[int]:
@@ -223,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
                     "method": pc.planner.method, "samples": pc.planner.samples, "horizon": pc.planner.horizon,
                     "iterations": pc.planner.iterations, "elites": pc.planner.elites,
                     "execute_steps": pc.planner.execute_steps, "hand_source": pc.cost.hand_source,
-                    "context_frames": policy.config.context_frames, "waypoint_duration_s": policy.waypoint_duration_s}
+                    "context_frames": policy.config.context_frames, "waypoint_duration_s": policy.waypoint_duration_s,
+                    "goal_keypoints": "goal state FK (privileged)" if args.privileged_goal_keypoints else "hand head"}
                 recorder = FrameRecorder(policy, bench_cfg.keypoint_radius_px)
             elif diffusion is not None:
                 from dexwm_planner.baselines.diffusion_policy import DiffusionPolicyController
@@ -265,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
                         raise SystemExit(f"--rerun: {exc}") from exc
                 try:
                     result = run_closed_loop(sim, spec, policy, tasks_cfg.success, bench_cfg, max_steps,
-                                             recorder if record_gif else None, rrd)
+                                             recorder if record_gif else None, rrd,
+                                             privileged_goal_keypoints=args.privileged_goal_keypoints)
                 finally:
                     if rrd is not None:
                         rrd.close()

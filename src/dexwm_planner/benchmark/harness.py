@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from dexwm_model.config import ConfigError, load_section
 from dexwm_planner.tasks.config import SuccessConfig
@@ -132,13 +133,16 @@ def _r(x: Any, nd: int = 5) -> Any:
 
 
 def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: BenchConfig, max_steps: int,
-                    recorder: Callable[..., np.ndarray] | None = None, run_recording=None) -> EpisodeResult:
+                    recorder: Callable[..., np.ndarray] | None = None, run_recording=None,
+                    privileged_goal_keypoints: bool = False) -> EpisodeResult:
     """Run ``policy`` (a :class:`~dexwm_planner.mpc.GoalImageMPC` or a baseline) on one built suite episode
     ``spec`` (an :class:`~dexwm_planner.tasks.episodes.EpisodeSpec` with its goal image) in ``sim``.
 
     ``recorder(image, goal_image, step, text)`` (optional) returns one recording frame per replan;
     ``run_recording`` (optional, a :class:`~dexwm_planner.recording.RunRecording`) receives the goal, every replan
-    (camera frame, joints, plan, task distance) and the final frame, and is left open for the caller to close."""
+    (camera frame, joints, plan, task distance) and the final frame, and is left open for the caller to close.
+    ``privileged_goal_keypoints`` (diagnostic; world-model planner only): the goal hand pixels come from the FK
+    projection of the episode's goal state instead of the hand head on the goal image."""
     if spec.goal_image is None:
         raise ValueError(f"{spec.task} episode {spec.index}: no goal image (its demonstration failed)")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
@@ -154,7 +158,14 @@ def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: Be
         monitor.update(s)
         watch.update(monitor.last)
 
-    policy.set_goal(spec.goal_image, task)
+    if privileged_goal_keypoints:
+        planner = getattr(policy, "planner", None)
+        if planner is None:
+            raise ValueError("privileged_goal_keypoints: only the world-model planner takes goal keypoints")
+        goal_q = torch.as_tensor(np.asarray(spec.goal_joints, dtype=np.float64))
+        policy.set_goal(spec.goal_image, task, goal_keypoints=planner.kin.hand_pixels(goal_q).numpy())
+    else:
+        policy.set_goal(spec.goal_image, task)
     if run_recording is not None:
         run_recording.log_goal(spec.goal_image)
     duration = float(policy.waypoint_duration_s)
