@@ -173,6 +173,35 @@ def test_no_hand_loss_switch_removes_the_hand_gradient_from_the_predictor(sim, t
     torch.testing.assert_close(l_with["total"], l_without["total"])  # same value, different gradient path
 
 
+
+def test_hand_head_input_encoded_reads_the_target_frames_latents(sim, tmp_path):
+    """hand_head_input 'encoded': the hand loss is the head on the encoder's latents of the target frame (the goal image
+    at plan time), so it gives the predictor no gradient and does not depend on the prediction."""
+    from dexwm_model.losses.hand_consistency import hand_consistency_loss
+    from dexwm_model.training.objective import PIXEL_CENTRE_OFFSET
+
+    model = build_world_model(ModelSpec(**TINY_MODEL), seed=1)
+    torch.manual_seed(1)
+    for p in list(model.predictor.parameters()) + list(model.hand_head.parameters()):
+        p.data.add_(0.05 * torch.randn_like(p))
+    batch = _batch(sim, tmp_path, model)
+    encoded = WorldModelObjective(model, "pretrain", hand_head_input="encoded")
+    predicted = WorldModelObjective(model, "pretrain", hand_head_input="predicted")
+    z = encoded.latents(batch)
+    uv = batch["keypoints_px"][:, 4].to(torch.float32) - PIXEL_CENTRE_OFFSET
+    valid = batch["keypoints_valid"][:, 4] & batch["hand_loss"][:, None]
+    expected = hand_consistency_loss(model.hand_head(z[:, 4]), uv, valid, encoded.sigma)
+    out = encoded(batch)
+    torch.testing.assert_close(out["hand"], expected.detach())
+    assert float((out["hand"] - predicted(batch)["hand"]).abs()) > 1e-6  # not the head on the prediction
+    g_encoded = _predictor_grads(encoded, batch)
+    g_latent_only = _predictor_grads(WorldModelObjective(model, "pretrain", hand_loss=False), batch)
+    for a, b in zip(g_encoded, g_latent_only):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.hand_head.parameters())
+    with pytest.raises(ValueError, match="hand_head_input"):
+        WorldModelObjective(model, "pretrain", hand_head_input="goal")
+
 # ------------------------------------------------------------------------------------------ schedule, batching
 def test_learning_rate_schedule_warmup_cosine_floor():
     f = [lr_factor(s, 10, 110, 0.01) for s in range(110)]
@@ -267,7 +296,7 @@ def test_train_config_sections_and_errors(tmp_path):
     assert cpu.model.predictor["depth"] == 4 and cpu.model.predictor["width"] in (192, 256)
     assert load_train_config("finetune").rollout_steps >= 2 and load_train_config("pretrain").mode == "pretrain"
     with pytest.raises(ConfigError, match=r"no training section 'nope' \(sections: \['cpu_default', 'cpu_fast', "
-                                          r"'cpu_fast_finetune', 'finetune', 'pretrain'\]\)"):
+                                          r"'cpu_fast_finetune', 'cpu_fast_handhead', 'finetune', 'pretrain'\]\)"):
         load_train_config("nope")
     with pytest.raises(ConfigError, match="set exactly one of max_steps and epochs"):
         tiny_config(tmp_path, epochs=2.0)

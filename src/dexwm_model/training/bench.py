@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     if model.projection.is_identity or not cfg.model.train_projection:
         model.projection.requires_grad_(False)
     obj = WorldModelObjective(model, cfg.mode, cfg.targets, cfg.rollout_steps, cfg.hand_loss,
-                              cfg.model.train_projection)
+                              cfg.model.train_projection, cfg.hand_head_input)
     from dexwm_model.training.data import datasets_config
 
     context = cfg.data.context_frames or datasets_config(cfg.data.datasets, None).clip.context_frames

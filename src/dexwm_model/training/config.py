@@ -99,6 +99,11 @@ class OptimConfig:
             _number("optim.grad_clip", self.grad_clip, strict=True)
 
 
+# predicted: the paper's hand-consistency loss on the predictor's output; encoded: the head reads the encoder's latents
+# of the target frames (what it reads at plan time, on the goal image), the predictor untouched by the hand loss
+HAND_HEAD_INPUTS = ("predicted", "encoded")
+
+
 @dataclass
 class TrainConfig:
     """One section of ``config/train.yaml``."""
@@ -122,8 +127,12 @@ class TrainConfig:
     log_every: int
     checkpoint_every: int
     keep_checkpoints: int
+    hand_head_input: str = "predicted"  # what the hand head learns to read: predicted latents | encoded frames
 
     def __post_init__(self) -> None:
+        if self.hand_head_input not in HAND_HEAD_INPUTS:
+            raise ConfigError(f"hand_head_input: expected one of {list(HAND_HEAD_INPUTS)}, "
+                              f"found {self.hand_head_input!r}")
         if self.mode not in MODES:
             raise ConfigError(f"mode: expected one of {list(MODES)}, found {self.mode!r}")
         _positive_int("seed", self.seed, allow_zero=True)

@@ -27,8 +27,11 @@ PIXEL_CENTRE_OFFSET = 0.5
 
 class WorldModelObjective(nn.Module):
     def __init__(self, model: WorldModel, mode: str, targets: str = "last", rollout_steps: int = 1,
-                 hand_loss: bool = True, train_projection: bool = False) -> None:
+                 hand_loss: bool = True, train_projection: bool = False, hand_head_input: str = "predicted") -> None:
         super().__init__()
+        if hand_head_input not in ("predicted", "encoded"):
+            raise ValueError(f"hand_head_input must be 'predicted' or 'encoded', found {hand_head_input!r}")
+        self.hand_head_input = hand_head_input
         if mode not in ("pretrain", "finetune"):
             raise ValueError(f"mode must be 'pretrain' or 'finetune', found {mode!r}")
         if targets not in ("last", "all"):
@@ -92,7 +95,10 @@ class WorldModelObjective(nn.Module):
         valid = batch["keypoints_valid"][:, target_idx] & batch["hand_loss"][:, None, None]
         valid = valid.flatten(0, 1)
         lat = latent_loss(pred, true)
-        heat = self.model.hand_head(pred if self.hand_loss else pred.detach())
+        if self.hand_head_input == "encoded":
+            heat = self.model.hand_head(true.detach())
+        else:
+            heat = self.model.hand_head(pred if self.hand_loss else pred.detach())
         hand = hand_consistency_loss(heat, uv, valid, self.sigma)
         total = lat + self.hand_weight * hand
         return {"total": total, "latent": lat.detach(), "hand": hand.detach(),

@@ -204,7 +204,7 @@ def _train(req: TrainRequest, info: DistInfo) -> dict:
     if context > mc:
         raise ConfigError(f"data.context_frames: {context} context frames exceed the predictor's max_context {mc}")
     objective = WorldModelObjective(model, cfg.mode, cfg.targets, cfg.rollout_steps, cfg.hand_loss,
-                                    train_projection)
+                                    train_projection, cfg.hand_head_input)
     clip_frames = objective.required_frames(context)
     cache_dir = req.cache_dir or cfg.data.cache_dir or default_cache_dir()
     data: ClipData = build_clip_data(req.roots, cfg.data.datasets, clip_frames, model.encoder, device,
