@@ -56,6 +56,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    needed = sorted(name for name, f in fields.items() if f.init and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING)
+    missing = [name for name in needed if name not in data]
+    if missing:
+        raise ConfigError(f"{where or cls.__name__}: missing key(s) {missing}; required: {needed}")
     kwargs = {}
     hints = _type_hints(cls)
     for name, value in data.items():

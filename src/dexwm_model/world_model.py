@@ -25,6 +25,7 @@ from dexwm_model.losses.hand_consistency import heatmap_keypoints
 from dexwm_model.predictor.cdit import CDiTPredictor, ContextCache
 from dexwm_model.predictor.config import HandHeadConfig, PredictorConfig
 from dexwm_model.predictor.hand_head import HandHeatmapHead
+from dexwm_model.weights_file import BadWeights, check_finite_state, expected_tensors, read_checked_state
 
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.safetensors"
@@ -32,7 +33,7 @@ FORMAT = "dexwm-world-model"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(FileNotFoundError):
+class CheckpointError(BadWeights, FileNotFoundError):
     """A world-model checkpoint folder is missing, incomplete or inconsistent."""
 
 
@@ -102,10 +103,11 @@ class WorldModel(nn.Module):
         from safetensors.torch import save_file
 
         folder = Path(folder)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        check_finite_state(state, f"world model for {folder}", CheckpointError)  # never write a diverged model
         folder.mkdir(parents=True, exist_ok=True)
         tmp_cfg, tmp_w = folder / (CONFIG_NAME + ".tmp"), folder / (WEIGHTS_NAME + ".tmp")
         tmp_cfg.write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(tmp_w), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         tmp_cfg.replace(folder / CONFIG_NAME)
         tmp_w.replace(folder / WEIGHTS_NAME)
@@ -113,9 +115,6 @@ class WorldModel(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "WorldModel":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         for p in (cfg_path, w_path):
@@ -133,15 +132,8 @@ class WorldModel(nn.Module):
         enc_cfg = dataclasses.replace(config.encoder, weights=None, random_init=True)
         model = cls(dataclasses.replace(config, encoder=enc_cfg))
         model.config = config
-        try:
-            state = load_file(str(w_path), device=str(map_location))
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{w_path}: unreadable weights file ({exc})") from exc
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"{w_path}: weights do not match {cfg_path.name}: missing {missing[:5]}"
-                                  f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                                  f"{'...' if len(unexpected) > 5 else ''}")
+        state = read_checked_state(w_path, expected_tensors(model), cfg_path.name, CheckpointError, map_location)
+        model.load_state_dict(state, strict=True)
         backbone = getattr(model.encoder, "backbone", None)
         if isinstance(backbone, SimViTBackbone):  # so a latent decoder can check it was trained on these weights
             model.encoder.info = {**getattr(model.encoder, "info", {}), "tensors_sha256": tensors_sha256(backbone)}

@@ -138,3 +138,28 @@ def test_driver_joint_names():
     # index, middle, ring, thumb (the sim's ff, mf, rf, th); the driver numbers the thumb 0
     assert HAND_JOINT_NAMES[:5] == ("ah_joint10", "ah_joint11", "ah_joint12", "ah_joint13", "ah_joint20")
     assert HAND_JOINT_NAMES[-4:] == ("ah_joint00", "ah_joint01", "ah_joint02", "ah_joint03") and len(ALL_JOINT_NAMES) == len(set(ALL_JOINT_NAMES)) == 23
+
+
+def test_image_data_must_be_exactly_step_times_height():
+    """ROS: len(data) == step * height and step >= width * bytes per pixel. Three times the bytes of a mono8 image
+    (an RGB frame mislabelled) is refused, not read as grey."""
+    from dexwm_model.ros.images import image_to_rgb
+
+    rgb = RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    msg = conv.numpy_to_image(rgb, "rgb8")
+    msg.encoding, msg.step = "mono8", 16  # the RGB bytes under a grey label: 3x the data a mono8 image has
+    with pytest.raises(ValueError, match=r"Image.data: 768 bytes, expected step \* height = 256 \(exactly: 16 \* 16\)"):
+        conv.image_to_numpy(msg)
+    with pytest.raises(ValueError, match=r"goal_image: Image.data: 768 bytes, expected step \* height = 256"):
+        image_to_rgb(msg, "goal_image")
+    msg = conv.numpy_to_image(rgb, "rgb8")
+    msg.data = bytes(msg.data) + b"\x00"  # one byte too many
+    with pytest.raises(ValueError, match="Image.data: 769 bytes"):
+        conv.image_to_numpy(msg)
+    msg = conv.numpy_to_image(rgb, "rgb8")
+    msg.step = 40  # a row needs 48 bytes
+    with pytest.raises(ValueError, match=r"Image.step: 40 is smaller than width \* channels \* bytes per channel = "
+                                         r"16 \* 3 \* 1 = 48"):
+        conv.image_to_numpy(msg)
+    padded = conv.numpy_to_image(rgb, "bgr8", step=52)  # padded rows stay fine
+    np.testing.assert_array_equal(image_to_rgb(padded), rgb[:, :, ::-1])

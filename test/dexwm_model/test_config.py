@@ -29,7 +29,7 @@ def test_load_section_builds_nested_dataclasses(tmp_path):
     "text, message",
     [
         ("top:\n  name: n\n  inner: {a: 3, b: [1.0], c: 2}\n", "unknown key(s) ['c']"),
-        ("top:\n  name: n\n", "missing 1 required positional argument: 'inner'"),
+        ("top:\n  name: n\n", "missing key(s) ['inner']; required: ['inner', 'name']"),
         ("other: {}\n", "missing section 'top'"),
         ("top: [1, 2\n", "not valid YAML"),
         ("- 1\n- 2\n", "mapping at top level"),

@@ -197,7 +197,19 @@ def test_mixed_dataset_is_weighted_and_deterministic(sim_root, tmp_path):
     with pytest.raises(ValueError, match=r"no weight for dataset\(s\) \['droid'\]"):
         MixedDataset({"sim": sim, "droid": droid}, {"sim": 1.0})
     zero = MixedDataset({"sim": sim, "droid": droid}, {"sim": 1.0, "droid": 0.0})
-    assert len(zero) == len(sim) and zero.ignored == ["droid"]
+    assert len(zero) == len(sim) and zero.ignored == ["droid"] and zero.never_drawn == []
+
+
+def test_a_source_in_use_that_is_never_drawn_is_reported(sim_root, tmp_path):
+    sim = SimEpisodes(sim_root, SIM, clip_config())
+    write_droid_episode(tmp_path, "ep1", n=60)
+    droid = DroidRaw(tmp_path, DROID_RAW, clip_config())
+    # weight 0.1 of 2 samples per epoch: 0.18 of a sample rounds to none
+    with pytest.warns(UserWarning, match=r"source\(s\) in use that are never drawn: 'droid' \(weight share 9.09% of 2 "
+                                         r"samples"):
+        mix = MixedDataset({"sim": sim, "droid": droid}, {"sim": 1.0, "droid": 0.1}, samples_per_epoch=2, seed=0)
+    assert mix.never_drawn == ["droid"] and mix.effective_mix()["droid"]["samples"] == 0
+    assert "weight > 0 but 0 samples per epoch (never drawn): droid" in mix.report()
 
 
 # ------------------------------------------------------------------------------------------------- factory

@@ -24,6 +24,10 @@ from dexwm_model.datasets.config import (
     RosbagSourceConfig,
     SimSourceConfig,
 )
+from dexwm_model.kinematics.panda_allegro import robot_joint_limits, robot_joint_names
+
+_LOW, _HIGH = robot_joint_limits()
+MID = (_LOW + _HIGH) / 2  # the middle of every joint's range: a posture inside the robot's limits
 
 VIDEO_HW = (48, 64)
 
@@ -132,9 +136,9 @@ def make_sim_episode(n: int, seed: int = 0, dt: float = 0.2) -> Episode:
         meta=EpisodeMeta(robot="panda_allegro_right", scene_seed=seed, episode_kind="reach", object_layout={},
                          fps=1.0 / dt, generator_version="test/1", camera_name="ego"),
         frames=frames, timestamps=np.arange(n) * dt + rng.uniform(0, 0.01, n) * (np.arange(n) > 0),
-        joint_positions=rng.normal(size=(n, 23)), commanded_targets=rng.normal(size=(n, 23)),
+        joint_positions=MID + 0.1 * rng.normal(size=(n, 23)), commanded_targets=MID + 0.1 * rng.normal(size=(n, 23)),
         keypoints_world=kw, keypoints_camera=kc, keypoints_pixels=kp, camera_intrinsics=SIM_K.copy(),
-        camera_pose_world=pose, object_poses=np.zeros((n, 0, 7)), joint_names=tuple(f"j{i}" for i in range(23)),
+        camera_pose_world=pose, object_poses=np.zeros((n, 0, 7)), joint_names=robot_joint_names(),
         object_names=(),
     )
 

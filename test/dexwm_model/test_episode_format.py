@@ -19,6 +19,10 @@ from dexwm_model.data.episode import (
     read_episode,
     write_episode,
 )
+from dexwm_model.kinematics.panda_allegro import robot_joint_limits, robot_joint_names
+
+_LOW, _HIGH = robot_joint_limits()
+MID = (_LOW + _HIGH) / 2  # the middle of every joint's range: a posture inside the robot's limits
 
 T, H, W, N = 6, 12, 16, 2
 K = np.array([[20.0, 0.0, 8.0], [0.0, 21.0, 6.0], [0.0, 0.0, 1.0]])
@@ -51,12 +55,12 @@ def make_episode(seed: int = 0) -> Episode:
                          generator_version="test/1", camera_name="ego", extra={"note": "synthetic", "n": 3}),
         frames=rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8),
         timestamps=np.arange(T) * 0.2,
-        joint_positions=rng.normal(size=(T, 23)),
-        commanded_targets=rng.normal(size=(T, 23)),
+        joint_positions=MID + 0.1 * rng.normal(size=(T, 23)),
+        commanded_targets=MID + 0.1 * rng.normal(size=(T, 23)),
         keypoints_world=kw, keypoints_camera=kc, keypoints_pixels=kp,
         camera_intrinsics=K.copy(), camera_pose_world=pose,
         object_poses=np.concatenate([rng.normal(size=(T, N, 3)), quat], -1),
-        joint_names=tuple(f"j{i}" for i in range(23)), object_names=("cube", "ball"),
+        joint_names=robot_joint_names(), object_names=("cube", "ball"),
     )
 
 
@@ -137,6 +141,12 @@ def _modify(name, fn):
         fn(data)
         f[name][...] = data
     return edit
+
+
+def _set_at(index, value):
+    def fn(a):
+        a[index] = value
+    return fn
 
 
 def _set_attr(name, value):
@@ -226,6 +236,18 @@ MALFORMED = {
                         r"dataset 'object_names': names must be unique, found duplicates \['cube'\]"),
     "dataset is a group": (lambda f: (f.__delitem__("object_poses"), f.create_group("object_poses")),
                            r"dataset 'object_poses': expected a dataset, found a Group"),
+    "not the robot's joints": (_replace("joint_names", np.array([f"j{i}".encode() for i in range(23)],
+                                                                 dtype=h5py.string_dtype())),
+                               r"dataset 'joint_names': expected the robot's 23 joints in the project's order "
+                               r"\['panda/joint1', .*joint 0 is 'j0', expected 'panda/joint1' \(23 of 23 differ\)"),
+    "joints in another order": (_replace("joint_names", np.array([n.encode() for n in reversed(robot_joint_names())],
+                                                                  dtype=h5py.string_dtype())),
+                                r"dataset 'joint_names': .*joint 0 is 'allegro/thj3', expected 'panda/joint1'"),
+    "joint beyond its limit": (_modify("joint_positions", _set_at((4, 2), 1000.0)),
+                               r"dataset 'joint_positions': joint 'panda/joint3' is 1000 rad at frame 4, outside its "
+                               r"limits \[-2.897, 2.897\] by more than 0.1 rad \(1 value\(s\) out of range\)"),
+    "target beyond its limit": (_modify("commanded_targets", _set_at((1, 19), -0.5)),
+                                r"dataset 'commanded_targets': joint 'allegro/thj0' is -0.5 rad at frame 1"),
 }
 
 
@@ -303,8 +325,14 @@ def test_data_check_reports_valid_and_invalid_files(good, tmp_path, capsys):
     assert dexwm_main(["data", "check", str(tmp_path)]) == 1
     out = capsys.readouterr()
     assert json.loads(out.out)["invalid"] == 1 and "INVALID" in out.err
+    assert report["deep"] is False and "robot (joint names and order, joint limits)" in report["checked"]
+    assert report["skipped"] == ["frames were not decompressed (only their headers were read); run with --deep to "
+                                 "read them"]
+    assert "skipped: frames were not decompressed" in out.err
     bad.unlink()
     assert dexwm_main(["data", "check", str(tmp_path), "--deep"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["skipped"] == [] and "skipped" not in out.err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert dexwm_main(["data", "check", str(empty)]) == 1

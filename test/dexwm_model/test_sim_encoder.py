@@ -23,6 +23,10 @@ from dexwm_model.encoders.sim_vit import (
 from dexwm_model.encoders.ssl import config as ssl_config
 from dexwm_model.encoders.ssl import probe
 from dexwm_model.encoders.ssl.train import evaluate_mae, train_mae
+from dexwm_model.kinematics.panda_allegro import robot_joint_limits, robot_joint_names
+
+_LOW, _HIGH = robot_joint_limits()
+MID = (_LOW + _HIGH) / 2  # the middle of every joint's range: a posture inside the robot's limits
 
 MICRO = dict(image_size=[56, 56], patch_size=14, width=32, depth=1, heads=2, mlp_ratio=2.0, name="micro")
 
@@ -267,10 +271,10 @@ def _episode(seed: int, t: int = 8, size: int = 56) -> Episode:
         meta=EpisodeMeta(robot="panda_allegro_right", scene_seed=seed, episode_kind="reach",
                          object_layout={"cube": [0.0, 0.0, 0.0], "ball": [0.0, 0.0, 0.0]}, fps=5.0,
                          generator_version="test/1", camera_name="test"),
-        frames=frames, timestamps=np.arange(t) * 0.2, joint_positions=np.zeros((t, 23)),
-        commanded_targets=np.zeros((t, 23)), keypoints_world=kc.copy(), keypoints_camera=kc, keypoints_pixels=kp,
+        frames=frames, timestamps=np.arange(t) * 0.2, joint_positions=np.tile(MID, (t, 1)),
+        commanded_targets=np.tile(MID, (t, 1)), keypoints_world=kc.copy(), keypoints_camera=kc, keypoints_pixels=kp,
         camera_intrinsics=K, camera_pose_world=pose, object_poses=obj,
-        joint_names=tuple(f"j{i}" for i in range(23)), object_names=("cube", "ball"),
+        joint_names=robot_joint_names(), object_names=("cube", "ball"),
     )
 
 

@@ -336,3 +336,63 @@ def test_cli_trains_with_no_hand_loss_and_reports_errors(sim, tmp_path, capsys):
     code = dexwm_main(["train", "world-model", "--config", str(cfg_file), "--section", "tiny", "--data",
                        "sim:/definitely/not/here", "--no-progress"])
     assert code == 2 and "path not found: /definitely/not/here" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- non-finite steps
+def _nan_at_steps(monkeypatch, steps):
+    """Make the objective's loss NaN on the given (1-based) optimiser steps; returns the call counter."""
+    calls = {"n": 0}
+    forward = WorldModelObjective.forward
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        losses = forward(self, batch)
+        if calls["n"] in steps:
+            losses = {**losses, "total": losses["total"] * float("nan")}
+        return losses
+
+    monkeypatch.setattr(WorldModelObjective, "forward", poisoned)
+    return calls
+
+
+def test_a_non_finite_step_is_skipped_and_reported(sim, tmp_path, monkeypatch, capsys):
+    _nan_at_steps(monkeypatch, {3})
+    cfg = tiny_config(tmp_path, max_steps=6, optim={"max_skipped_steps": 1})
+    summary = train(TrainRequest(cfg, str(tmp_path / "a"), {"sim": str(sim)}, progress=False))
+    assert summary["steps"] == 6 and summary["skipped_steps"] == 1
+    records = _records(tmp_path / "a" / "metrics.jsonl")
+    warnings = [r for r in records if "warning" in r]
+    assert len(warnings) == 1 and warnings[0]["step"] == 3 and "skipped step 3" in warnings[0]["warning"]
+    losses = {r["step"]: r["loss"] for r in records if "loss" in r}
+    assert losses[3] is None and all(math.isfinite(losses[s]) for s in (1, 2, 4, 5, 6))
+    assert "warning: skipped step 3" in capsys.readouterr().err
+    final = WorldModel.load(tmp_path / "a" / "final")  # loads: every tensor finite
+    assert all(torch.isfinite(p).all() for p in final.parameters())
+
+
+def test_training_that_stays_non_finite_stops_and_writes_nothing_non_finite(sim, tmp_path, monkeypatch, capsys):
+    from dexwm_model.training.trainer import TrainingDiverged
+
+    _nan_at_steps(monkeypatch, set(range(3, 100)))
+    cfg = tiny_config(tmp_path, max_steps=8, checkpoint_every=2, optim={"max_skipped_steps": 2})
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step 5: loss nan, .*3 step\(s\) in a row .*"
+                                               r"optim.max_skipped_steps 2"):
+        train(TrainRequest(cfg, str(tmp_path / "run"), {"sim": str(sim)}, progress=False))
+    run = tmp_path / "run"
+    assert not (run / "final").exists()
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert saved == ["step_00000002", "step_00000004"]  # step 4 was skipped: its weights are step 2's, finite
+    for name in saved:
+        WorldModel.load(run / "checkpoints" / name)
+
+    # the CLI: a clear line, exit 3, no traceback
+    import yaml
+
+    _nan_at_steps(monkeypatch, set(range(1, 100)))
+    cfg_file = tmp_path / "train_test.yaml"
+    cfg_file.write_text(yaml.safe_dump({"tiny": tiny_config(tmp_path, max_steps=4).to_dict()}))
+    code = dexwm_main(["train", "world-model", "--config", str(cfg_file), "--section", "tiny", "--data",
+                       f"sim:{sim}", "--out", str(tmp_path / "cli"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 3 and "training diverged at step 4" in err and "Traceback" not in err
+    assert not (tmp_path / "cli" / "final").exists()

@@ -13,6 +13,7 @@ import yaml
 from dexwm_model.config import load_yaml
 from dexwm_model.data.episode import Episode, EpisodeMeta, WriterConfig, write_episode
 from dexwm_model.training.config import TrainConfig, train_config_from_dict
+from dexwm_model.kinematics.panda_allegro import robot_joint_limits, robot_joint_names
 
 HW = (64, 64)
 K = np.array([[60.0, 0.0, 32.0], [0.0, 60.0, 32.0], [0.0, 0.0, 1.0]])
@@ -55,14 +56,15 @@ def make_moving_episode(n: int, seed: int) -> Episode:
         for j in range(21):
             u, v = int(kp[f, j, 0]), int(kp[f, j, 1])
             frames[f, max(0, v - 2):v + 2, max(0, u - 2):u + 2] = colours[j]
-    q = np.zeros((n, 23))
-    q[:, 0] = phase
+    low, high = robot_joint_limits()
+    q = np.tile((low + high) / 2, (n, 1))  # joint 0's middle is 0
+    q[:, 0] = 2.8 * np.sin(phase)  # the base joint swings with the circle, inside its +-2.9 rad limit
     return Episode(
         meta=EpisodeMeta(robot="panda_allegro_right", scene_seed=seed, episode_kind="reach",
                          object_layout={}, fps=FPS, generator_version="test/training", camera_name="test"),
         frames=frames, timestamps=t, joint_positions=q, commanded_targets=q, keypoints_world=kw,
         keypoints_camera=kc, keypoints_pixels=kp, camera_intrinsics=K.copy(), camera_pose_world=pose,
-        object_poses=np.zeros((n, 0, 7)), joint_names=tuple(f"j{i}" for i in range(23)), object_names=(),
+        object_poses=np.zeros((n, 0, 7)), joint_names=robot_joint_names(), object_names=(),
     )
 
 

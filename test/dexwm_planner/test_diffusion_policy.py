@@ -16,6 +16,7 @@ from dexwm_cli.main import main
 from dexwm_model.config import ConfigError, load_yaml
 from dexwm_model.data.episode import Episode, EpisodeMeta, WriterConfig, write_episode
 from dexwm_model.encoders.factory import EncoderConfig
+from dexwm_model.kinematics.panda_allegro import robot_joint_limits, robot_joint_names
 from dexwm_planner.baselines.diffusion_policy import (DiffusionPolicy, DiffusionPolicyController, MinMaxNormalizer,
                                                       PolicyCheckpointError, PolicyModelConfig, SchedulerConfig)
 from dexwm_planner.baselines.diffusion_policy.dataset import TokenDataset, encode_episodes, episode_files
@@ -215,8 +216,11 @@ def synthetic_episode(seed: int, n: int = 12, size: int = 56) -> Episode:
     """A bright square whose image position follows joint 0, which moves toward piecewise-constant targets."""
     rng = np.random.default_rng(seed)
     K = np.array([[50.0, 0.0, size / 2], [0.0, 50.0, size / 2], [0.0, 0.0, 1.0]])
-    targets = np.repeat(rng.uniform(-1, 1, (3, 23)), [n // 3, n // 3, n - 2 * (n // 3)], axis=0)
-    joints = np.zeros((n, 23))
+    # targets about the middle of every joint's range, joint 0 (middle 0) swinging +-1 rad: inside the robot's limits
+    low, high = robot_joint_limits()
+    mid, reach = (low + high) / 2, np.minimum(1.0, 0.9 * (high - low) / 2)
+    targets = mid + reach * np.repeat(rng.uniform(-1, 1, (3, 23)), [n // 3, n // 3, n - 2 * (n // 3)], axis=0)
+    joints = np.tile(mid, (n, 1))
     for i in range(1, n):
         joints[i] = joints[i - 1] + 0.5 * (targets[i] - joints[i - 1])
     frames = np.full((n, size, size, 3), 40, dtype=np.uint8)
@@ -230,7 +234,7 @@ def synthetic_episode(seed: int, n: int = 12, size: int = 56) -> Episode:
         frames=frames, timestamps=np.arange(n) * 0.2, joint_positions=joints, commanded_targets=targets,
         keypoints_world=kc.copy(), keypoints_camera=kc, keypoints_pixels=kc[..., :2] * 50.0 + size / 2,
         camera_intrinsics=K, camera_pose_world=np.tile(np.eye(4), (n, 1, 1)), object_poses=np.zeros((n, 0, 7)),
-        joint_names=tuple(f"j{i}" for i in range(23)), object_names=())
+        joint_names=robot_joint_names(), object_names=())
 
 
 @pytest.fixture(scope="module")

@@ -16,21 +16,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory
 
-# encoding -> (numpy dtype, channels), the sensor_msgs/image_encodings names
-IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    "rgb8": (np.dtype(np.uint8), 3),
-    "bgr8": (np.dtype(np.uint8), 3),
-    "rgba8": (np.dtype(np.uint8), 4),
-    "bgra8": (np.dtype(np.uint8), 4),
-    "mono8": (np.dtype(np.uint8), 1),
-    "8UC1": (np.dtype(np.uint8), 1),
-    "8UC3": (np.dtype(np.uint8), 3),
-    "rgb16": (np.dtype(np.uint16), 3),
-    "bgr16": (np.dtype(np.uint16), 3),
-    "mono16": (np.dtype(np.uint16), 1),
-    "16UC1": (np.dtype(np.uint16), 1),
-    "32FC1": (np.dtype(np.float32), 1),
-}
+from dexwm_model.data.raw_image import IMAGE_ENCODINGS, RawImageError, raw_image_pixels
 
 
 def _header(stamp: Time | None, frame_id: str) -> Header:
@@ -69,21 +55,13 @@ def numpy_to_image(image: np.ndarray, encoding: str, stamp: Time | None = None, 
 
 
 def image_to_numpy(msg: Image) -> np.ndarray:
-    """(H, W, C) array (C = 1 for single-channel encodings is dropped: (H, W)) viewing the image's pixels."""
-    if msg.encoding not in IMAGE_ENCODINGS:
-        raise ValueError(f"Image.encoding: unsupported '{msg.encoding}'; supported: {sorted(IMAGE_ENCODINGS)}")
-    dtype, channels = IMAGE_ENCODINGS[msg.encoding]
-    dtype = dtype.newbyteorder(">" if msg.is_bigendian else "<")
-    row_bytes = msg.width * channels * dtype.itemsize
-    if msg.step < row_bytes:
-        raise ValueError(f"Image.step: {msg.step} is smaller than width * channels * itemsize = {row_bytes}")
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if buf.size < msg.step * msg.height:
-        raise ValueError(f"Image.data: {buf.size} bytes, expected step * height = {msg.step * msg.height}")
-    rows = buf[: msg.step * msg.height].reshape(msg.height, msg.step)[:, :row_bytes]
-    pixels = np.ascontiguousarray(rows).view(dtype).reshape(msg.height, msg.width, channels)
-    pixels = pixels.astype(dtype.newbyteorder("="), copy=False)
-    return pixels[:, :, 0] if channels == 1 else pixels
+    """(H, W, C) array (C = 1 for single-channel encodings is dropped: (H, W)) of the image's pixels; the ROS rules
+    (known encoding, ``step >= width * channels * itemsize``, ``len(data) == step * height``) are enforced."""
+    try:
+        pixels = raw_image_pixels(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data)
+    except RawImageError as exc:
+        raise ValueError(f"Image.{exc}") from None
+    return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
 
 
 # ------------------------------------------------------------------------------------------------ robot state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import numpy as np
@@ -44,7 +45,17 @@ class MixedDataset(Dataset):
         if self.length < 1:
             raise ValueError(f"MixedDataset: samples_per_epoch must be >= 1, found {samples_per_epoch!r}")
         self.seed = int(seed)
+        # sources in use (weight > 0) whose share rounds to no sample per epoch: reported, never silently dropped
+        self.never_drawn = sorted(n for n, c in self.counts().items() if c == 0)
+        if self.never_drawn:
+            warnings.warn(self.never_drawn_message(), stacklevel=2)
         self.set_epoch(0)
+
+    def never_drawn_message(self) -> str:
+        detail = ", ".join(f"'{n}' (weight share {self.shares[n]:.2%} of {self.length} samples, {len(self.datasets[n])} "
+                           f"clip(s))" for n in self.never_drawn)
+        return (f"MixedDataset: source(s) in use that are never drawn: {detail}; raise their weight or "
+                f"mix.samples_per_epoch, or set the weight to 0 to leave them out on purpose")
 
     def counts(self) -> dict[str, int]:
         """Samples per dataset in one epoch (largest-remainder rounding of ``share * length``)."""
@@ -101,4 +112,6 @@ class MixedDataset(Dataset):
                          f"of {m['dataset_length']} clips ({m['passes']:.2f} passes)")
         if self.ignored:
             lines.append(f"  weight 0, not drawn: {', '.join(self.ignored)}")
+        if self.never_drawn:
+            lines.append(f"  weight > 0 but 0 samples per epoch (never drawn): {', '.join(self.never_drawn)}")
         return "\n".join(lines)

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from dexwm_model.actions.allegro import Hand21FK, allegro_trajectory, default_fk
+from dexwm_model.data.raw_image import RawImageError, raw_image_rgb
 from dexwm_model.datasets.base import ClipDataset, EpisodeEntry, LoadedClip, Transform
 from dexwm_model.datasets.config import ClipConfig, RosbagSourceConfig
 from dexwm_model.datasets.errors import DatasetFormatError
@@ -38,9 +39,6 @@ from dexwm_model.datasets.keypoints import HEATMAP_KEYPOINTS_42, NUM_HEATMAP_KEY
 ROBOT_JOINT_NAMES = ALL_JOINT_NAMES
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 OPEN_BAGS = 8  # bags each process keeps open between samples (opening one parses its metadata: ~0.1 s)
-_CHANNELS = {"rgb8": (3, None), "bgr8": (3, [2, 1, 0]), "rgba8": (4, [0, 1, 2]), "bgra8": (4, [2, 1, 0]),
-             "mono8": (1, [0, 0, 0]), "8UC1": (1, [0, 0, 0])}
-
 
 def _stamp(header: Any) -> float:
     return float(header.stamp.sec) + 1e-9 * float(header.stamp.nanosec)
@@ -78,17 +76,10 @@ def image_to_rgb(msg: Any, msgtype: str, where: Path) -> np.ndarray:
         if bgr is None:
             raise DatasetFormatError(where, f"compressed image (format '{msg.format}') cannot be decoded")
         return np.ascontiguousarray(bgr[:, :, ::-1])
-    enc = msg.encoding
-    if enc not in _CHANNELS:
-        raise DatasetFormatError(where, f"image encoding '{enc}' not supported; supported: {sorted(_CHANNELS)}")
-    channels, order = _CHANNELS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    data = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
-    if step < w * channels or data.size < step * h:
-        raise DatasetFormatError(where, f"image {w}x{h} '{enc}' needs step >= {w * channels} and {step * h} bytes; "
-                                        f"found step {step} and {data.size} bytes")
-    pixels = data[: step * h].reshape(h, step)[:, : w * channels].reshape(h, w, channels)
-    return np.ascontiguousarray(pixels if order is None else pixels[:, :, order])
+    try:
+        return raw_image_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data)
+    except RawImageError as exc:
+        raise DatasetFormatError(where, f"image {msg.width}x{msg.height}: {exc}") from None
 
 
 def chain_pose(edges: dict[tuple[str, str], np.ndarray], source: str, target: str) -> np.ndarray | None:

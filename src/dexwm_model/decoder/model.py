@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from dexwm_model.config import ConfigError, from_dict
 from dexwm_model.encoders.base import ImageEncoder
+from dexwm_model.weights_file import check_finite_state
 from dexwm_model.encoders.sim_vit import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -169,6 +170,7 @@ class LatentDecoder(nn.Module):
         from safetensors.torch import save_file
 
         state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in self.state_dict().items()}
+        check_finite_state(state, f"latent decoder for {out}", EncoderWeightsCorrupt)
         digest: dict[str, str] = {}
         info = {**self.info, **(info or {})}
 
@@ -197,6 +199,6 @@ class LatentDecoder(nn.Module):
                                                             "weights_sha256")}
         model = cls(arch, info)
         with torch.device("meta"):
-            expected = {k: v.shape for k, v in cls(arch).state_dict().items()}
+            expected = {k: (v.shape, torch.float32) for k, v in cls(arch).state_dict().items()}
         model.load_state_dict(load_state(folder / WEIGHTS_NAME, expected), strict=True)
         return model.to(map_location).eval()

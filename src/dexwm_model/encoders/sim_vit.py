@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from dexwm_model.config import ConfigError, config_dir, from_dict, load_yaml
 from dexwm_model.encoders.base import EncoderWeightsMissing, ImageEncoder
 from dexwm_model.encoders.factory import EncoderConfig, register_encoder
+from dexwm_model.weights_file import BadWeights, check_finite_state, read_checked_state
 
 KIND = "dexwm_vit"
 FORMAT = "dexwm-vit-encoder"
@@ -43,7 +44,7 @@ DEFAULT_FOLDER_NAME = "encoder_sim_vit"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class EncoderWeightsCorrupt(ValueError):
+class EncoderWeightsCorrupt(BadWeights, ValueError):
     """An encoder (or decoder) folder exists but its files are unreadable or inconsistent."""
 
 
@@ -327,6 +328,7 @@ def save_sim_vit(backbone: SimViTBackbone, out: str | Path, info: dict[str, Any]
     from safetensors.torch import save_file
 
     state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in backbone.state_dict().items()}
+    check_finite_state(state, f"encoder for {out}", EncoderWeightsCorrupt)
     digest: dict[str, str] = {}
 
     def write_weights(path: Path) -> None:
@@ -375,25 +377,10 @@ def read_folder_config(folder: Path, fmt: str, version: int, how_to_make: str) -
     return data
 
 
-def load_state(path: Path, expected: dict[str, torch.Size]) -> dict[str, Tensor]:
-    """Read a safetensors file and check it holds exactly the tensors ``expected`` (names and shapes)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise EncoderWeightsCorrupt(f"{path}: unreadable weights file ({exc})") from None
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise EncoderWeightsCorrupt(f"{path}: tensors do not match the architecture in {CONFIG_NAME}: missing "
-                                    f"{missing[:5]}, unexpected {unexpected[:5]}")
-    for k, shape in expected.items():
-        if state[k].shape != shape:
-            raise EncoderWeightsCorrupt(f"{path}: tensor '{k}' has shape {tuple(state[k].shape)}, the architecture "
-                                        f"needs {tuple(shape)}")
-    return state
+def load_state(path: Path, expected: dict[str, tuple[torch.Size, torch.dtype]]) -> dict[str, Tensor]:
+    """Read a safetensors file and check it holds exactly the tensors ``expected`` (names, shapes, dtypes), all
+    finite (:func:`dexwm_model.weights_file.read_checked_state`)."""
+    return read_checked_state(path, expected, CONFIG_NAME, EncoderWeightsCorrupt)
 
 
 def load_sim_vit_folder(folder: str | Path) -> tuple[SimViTArch, dict[str, Tensor], dict[str, Any]]:
@@ -406,7 +393,7 @@ def load_sim_vit_folder(folder: str | Path) -> tuple[SimViTArch, dict[str, Tenso
     except ConfigError as exc:
         raise EncoderWeightsCorrupt(str(exc)) from None
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in SimViTBackbone(arch).state_dict().items()}
+        expected = {k: (v.shape, torch.float32) for k, v in SimViTBackbone(arch).state_dict().items()}
     state = load_state(folder / WEIGHTS_NAME, expected)
     return arch, state, data
 

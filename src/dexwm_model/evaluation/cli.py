@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from dexwm_model.datasets.errors import DatasetFormatError
     from dexwm_model.training.config import load_eval_config
     from dexwm_model.training.data import parse_data_specs
-    from dexwm_model.world_model import CheckpointError
+    from dexwm_model.evaluation.report import non_finite_metrics
+    from dexwm_model.weights_file import BadWeights
 
     try:
         overrides = {}
@@ -88,10 +89,15 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_eval_config(args.config, args.section, **overrides)
         report = evaluate_checkpoint(args.checkpoint, parse_data_specs(args.data), cfg, args.out, args.datasets,
                                      args.cache_dir, progress=not args.no_progress)
-    except (ConfigError, DatasetFormatError, CheckpointError, ValueError) as exc:
+    except (ConfigError, DatasetFormatError, BadWeights, ValueError) as exc:
         print(f"dexwm eval: {exc}", file=sys.stderr)
         return 2
     brief = {k: report[k] for k in ("checkpoint", "episodes", "rollouts", "horizon_steps", "step_s", "summary",
                                     "files")}
     print(json.dumps(brief))
+    bad = non_finite_metrics(report)
+    if bad:
+        print(f"dexwm eval: {args.checkpoint}: metrics {bad} are not finite (NaN or inf predictions, or no rollout "
+              f"scored); the report in {report['files'][0]} shows them as null", file=sys.stderr)
+        return 3
     return 0

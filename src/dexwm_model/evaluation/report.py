@@ -19,6 +19,15 @@ def _series(report: dict, method: str, getter) -> tuple[list[float], list[float]
     return xs, ys
 
 
+def non_finite_metrics(report: dict) -> list[str]:
+    """Names of the model's summary metrics that are missing or were not finite (written as null)."""
+    model = (report.get("summary") or {}).get("model") or {}
+    names = [k for k in ("latent_mse_mean", "latent_mse_final", "cosine_final") if model.get(k) is None]
+    pck = model.get("pck_final") or {}
+    names += [f"pck_final.{k}" for k, v in pck.items() if v is None]
+    return names if model else ["summary.model"]
+
+
 def write_report(report: dict, out: str | os.PathLike) -> list[Path]:
     """``out/eval.json`` plus the plots; returns the files written."""
     import matplotlib

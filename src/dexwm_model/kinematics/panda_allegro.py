@@ -21,6 +21,7 @@ from dexwm_model.kinematics.hand_layout import ALLEGRO_KEYPOINT_SITES, ALLEGRO_T
 
 if TYPE_CHECKING:  # pragma: no cover
     import mujoco
+    import numpy as np
 
 NUM_ROBOT_JOINTS = 23
 HAND_PREFIX = "allegro/"
@@ -91,7 +92,30 @@ def _robot_spec(model: "mujoco.MjModel") -> ChainSpec:
 
 
 @functools.lru_cache(maxsize=1)
-def _default_spec() -> ChainSpec:
+def _scene_model() -> "mujoco.MjModel":
     from dexwm_hw.sim.scene import build_model
 
-    return _robot_spec(build_model())
+    return build_model()
+
+
+@functools.lru_cache(maxsize=1)
+def _default_spec() -> ChainSpec:
+    return _robot_spec(_scene_model())
+
+
+def robot_joint_names() -> tuple[str, ...]:
+    """The robot's 23 joints in the project's order (the names recordings and the simulator use)."""
+    from dexwm_hw.sim.scene import ROBOT_JOINTS
+
+    return tuple(ROBOT_JOINTS)
+
+
+@functools.lru_cache(maxsize=1)
+def robot_joint_limits() -> tuple["np.ndarray", "np.ndarray"]:
+    """(low, high) position limits (rad) of the 23 joints in the project's order: the actuator ranges of the robot
+    model (Panda datasheet limits; the Allegro model's ranges). Read-only arrays."""
+    model = _scene_model()
+    low, high = model.actuator_ctrlrange[:, 0].copy(), model.actuator_ctrlrange[:, 1].copy()
+    low.setflags(write=False)
+    high.setflags(write=False)
+    return low, high

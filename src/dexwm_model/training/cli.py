@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from dexwm_model.config import ConfigError
     from dexwm_model.datasets.errors import DatasetFormatError
     from dexwm_model.encoders.base import EncoderWeightsMissing
-    from dexwm_model.world_model import CheckpointError
+    from dexwm_model.training.trainer import TrainingDiverged
+    from dexwm_model.weights_file import BadWeights
 
     try:
         req = request_from_args(args)
@@ -96,9 +97,12 @@ def run(args: argparse.Namespace) -> int:
             summary = json.loads((Path(req.out) / "train_summary.json").read_text())
         else:
             summary = run_request(req)
-    except (ConfigError, DatasetFormatError, CheckpointError, EncoderWeightsMissing, ValueError) as exc:
+    except (ConfigError, DatasetFormatError, BadWeights, EncoderWeightsMissing, ValueError) as exc:
         print(f"dexwm train world-model: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"dexwm train world-model: {exc}", file=sys.stderr)
+        return 3
     if summary.get("final"):
         brief = {k: summary.get(k) for k in ("final", "steps", "total_steps", "samples_per_s", "last", "processes",
                                              "device")}

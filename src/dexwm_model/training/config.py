@@ -83,6 +83,9 @@ class OptimConfig:
     betas: list[float]
     eps: float
     grad_clip: float | None
+    # a step whose loss or gradient norm is not finite is skipped (no update); more than this many in a row stop the
+    # run with TrainingDiverged (0: the first one stops it)
+    max_skipped_steps: int = 3
 
     def __post_init__(self) -> None:
         _number("optim.lr", self.lr, strict=True)
@@ -97,6 +100,7 @@ class OptimConfig:
         _number("optim.eps", self.eps, strict=True)
         if self.grad_clip is not None:
             _number("optim.grad_clip", self.grad_clip, strict=True)
+        _positive_int("optim.max_skipped_steps", self.max_skipped_steps, allow_zero=True)
 
 
 # predicted: the paper's hand-consistency loss on the predictor's output; encoded: the head reads the encoder's latents

@@ -69,7 +69,8 @@ class ClipData:
     def summary(self) -> dict:
         return {"sources": {k: d.summary() for k, d in self.sources.items()}, "latent_cache": self.latent,
                 "cache_folder": str(self.cache.folder) if self.cache is not None else None,
-                "cache_counts": self.cache_counts, "samples_per_epoch": len(self.train)}
+                "cache_counts": self.cache_counts, "samples_per_epoch": len(self.train),
+                "never_drawn": list(getattr(self.train, "never_drawn", []))}
 
 
 def build_clip_data(roots: dict[str, str], datasets_file: str | os.PathLike | DatasetsConfig,

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,11 @@ from dexwm_model.world_model import WorldModel
 # settings that may change when a run is resumed (everything else must match the checkpoint's config)
 RESUMABLE_CHANGES = ("max_steps", "epochs", "log_every", "checkpoint_every", "keep_checkpoints", "threads",
                      "device", "compile", "data.num_workers", "data.cache_dir", "data.cache_batch",
-                     "init_checkpoint")
+                     "init_checkpoint", "optim.max_skipped_steps")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients stayed non-finite for more steps than ``optim.max_skipped_steps`` allows."""
 
 
 @dataclass
@@ -131,9 +136,18 @@ class _Writers:
         for key in ("loss", "latent", "hand", "lr", "grad_norm", "samples_per_s"):
             if record.get(key) is not None:
                 self.tb.add_scalar(f"train/{key}", record[key], step)
-        if self.bar is not None:
+        if self.bar is not None and record.get("loss") is not None:
             self.bar.set_postfix(loss=f"{record['loss']:.4g}", latent=f"{record['latent']:.4g}",
                                  hand=f"{record['hand']:.4g}", sps=f"{record['samples_per_s']:.1f}")
+
+    def warn(self, step: int, message: str) -> None:
+        """A line on stderr (through the progress bar when there is one) and a record in metrics.jsonl."""
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps({"step": step, "warning": message}) + "\n")
+        if self.bar is not None:
+            self.bar.write(f"warning: {message}", file=sys.stderr)
+        else:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def advance(self) -> None:
         if self.bar is not None:
@@ -271,7 +285,8 @@ def _train(req: TrainRequest, info: DistInfo) -> dict:
     t_log, samples_since_log, last_record = time.perf_counter(), 0, None
     timed_samples, timed_seconds = 0, 0.0
     sums = torch.zeros(3, dtype=torch.float64)
-    steps_since_log = 0
+    counted = 0  # finite steps summed into sums since the last log line
+    skipped, skipped_in_row = 0, 0
     while step < total:
         epoch = step // steps_per_epoch
         data.train.set_epoch(epoch)
@@ -282,6 +297,7 @@ def _train(req: TrainRequest, info: DistInfo) -> dict:
         it = iter(loader)
         for _ in range(sampler.steps - sampler.start_step):
             t_step = time.perf_counter()
+            step_sums = torch.zeros(3, dtype=torch.float64)
             for a in range(accum):
                 batch = _to_device(next(it), device)
                 sync = a == accum - 1
@@ -289,31 +305,50 @@ def _train(req: TrainRequest, info: DistInfo) -> dict:
                 with ctx, torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                     losses = runner(batch)
                 (losses["total"] / accum).backward()
-                sums += torch.stack([losses["total"].detach(), losses["latent"], losses["hand"]]).double().cpu()
+                step_sums += torch.stack([losses["total"].detach(), losses["latent"], losses["hand"]]).double().cpu()
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             lr = opt.param_groups[0]["lr"]
-            opt.step()
+            # DDP averages gradients, so every rank sees the same norm and takes the same decision
+            finite = math.isfinite(grad_norm) and bool(torch.isfinite(step_sums).all())
+            if finite:
+                opt.step()
+                sums += step_sums
+                counted += 1
+                skipped_in_row = 0
+            else:
+                skipped += 1
+                skipped_in_row += 1
+                detail = (f"step {step + 1}: loss {float(step_sums[0]) / accum:.4g}, gradient norm {grad_norm:.4g} "
+                          f"(lr {lr:.3g})")
+                if skipped_in_row > cfg.optim.max_skipped_steps:
+                    raise TrainingDiverged(
+                        f"training diverged at {detail}: {skipped_in_row} step(s) in a row with a non-finite loss or "
+                        f"gradient (optim.max_skipped_steps {cfg.optim.max_skipped_steps}); the last finite "
+                        f"checkpoint is the newest under {out / 'checkpoints'}, nothing non-finite was written")
+                if writers is not None:
+                    writers.warn(step + 1, f"skipped {detail} (non-finite; {skipped_in_row} in a row, at most "
+                                 f"{cfg.optim.max_skipped_steps})")
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            steps_since_log += 1
             n_samples = cfg.data.batch_size
             samples_since_log += n_samples
             if step - started > 1:  # the first step includes warm-up (allocations, compilation)
                 timed_samples += n_samples
                 timed_seconds += time.perf_counter() - t_step
             if step % cfg.log_every == 0 or step == total:
-                mean = info.all_reduce_mean((sums / (steps_since_log * accum)).to(device)).cpu()
+                mean = info.all_reduce_mean((sums / (max(counted, 1) * accum)).to(device)).cpu()
                 now = time.perf_counter()
-                record = {"step": step, "epoch": epoch, "lr": lr, "loss": float(mean[0]), "latent": float(mean[1]),
-                          "hand": float(mean[2]), "grad_norm": grad_norm,
+                losses_of = (lambda i: float(mean[i])) if counted else (lambda i: None)  # None: every step skipped
+                record = {"step": step, "epoch": epoch, "lr": lr, "loss": losses_of(0), "latent": losses_of(1),
+                          "hand": losses_of(2), "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
                           "samples_per_s": samples_since_log / max(now - t_log, 1e-9)}
                 last_record = record
                 if writers is not None:
                     writers.log(record)
                 sums.zero_()
-                steps_since_log, samples_since_log, t_log = 0, 0, now
+                counted, samples_since_log, t_log = 0, 0, now
             if writers is not None:
                 writers.advance()
             if step % cfg.checkpoint_every == 0 and step < total:
@@ -334,6 +369,7 @@ def _train(req: TrainRequest, info: DistInfo) -> dict:
         "samples_per_s": timed_samples / timed_seconds if timed_seconds > 0 else None,
         "wall_s": time.perf_counter() - t_run, "last": last_record, "rank_parameter_digests": digests,
         "model": describe(model), "data": data.summary(), "hand_loss": cfg.hand_loss, "mode": cfg.mode,
+        "skipped_steps": skipped,
     }
     if info.is_main:
         final = out / "final"

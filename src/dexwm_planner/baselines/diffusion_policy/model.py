@@ -35,6 +35,7 @@ from dexwm_model.config import ConfigError, from_dict
 from dexwm_model.encoders.base import ImageEncoder
 from dexwm_model.encoders.factory import build_encoder
 from dexwm_model.kinematics.panda_allegro import NUM_ROBOT_JOINTS
+from dexwm_model.weights_file import BadWeights, check_finite_state, expected_tensors, read_checked_state
 from dexwm_planner.baselines.diffusion_policy.config import PolicyModelConfig, SchedulerConfig
 from dexwm_planner.baselines.diffusion_policy.normalizer import MinMaxNormalizer
 from dexwm_planner.baselines.diffusion_policy.unet1d import ConditionalUnet1D
@@ -45,7 +46,7 @@ FORMAT = "dexwm-diffusion-policy"
 FORMAT_VERSION = 1
 
 
-class PolicyCheckpointError(FileNotFoundError):
+class PolicyCheckpointError(BadWeights, FileNotFoundError):
     """A diffusion-policy checkpoint folder is missing, incomplete, damaged or inconsistent."""
 
 
@@ -160,10 +161,11 @@ class DiffusionPolicy(nn.Module):
         from safetensors.torch import save_file
 
         folder = Path(folder)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        check_finite_state(state, f"diffusion policy for {folder}", PolicyCheckpointError)  # never write a diverged one
         folder.mkdir(parents=True, exist_ok=True)
         tmp_cfg, tmp_w = folder / (CONFIG_NAME + ".tmp"), folder / (WEIGHTS_NAME + ".tmp")
         tmp_cfg.write_text(yaml.safe_dump(self.to_config_dict(training), sort_keys=False))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(tmp_w), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         tmp_cfg.replace(folder / CONFIG_NAME)
         tmp_w.replace(folder / WEIGHTS_NAME)
@@ -172,9 +174,6 @@ class DiffusionPolicy(nn.Module):
     @classmethod
     def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "DiffusionPolicy":
         """Rebuild a saved policy from its folder alone; every problem raises :class:`PolicyCheckpointError`."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         for p in (cfg_path, w_path):
@@ -200,17 +199,7 @@ class DiffusionPolicy(nn.Module):
         enc_cfg = dataclasses.replace(model_cfg.encoder, weights=None, random_init=True)
         policy = cls(dataclasses.replace(model_cfg, encoder=enc_cfg), sched_cfg)
         policy.config = model_cfg
-        try:
-            state = load_file(str(w_path), device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise PolicyCheckpointError(f"{w_path}: unreadable weights file ({exc})") from exc
-        own = policy.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-        if missing or unexpected or wrong:
-            raise PolicyCheckpointError(f"{w_path}: weights do not match {CONFIG_NAME}: missing {missing[:5]}, "
-                                        f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+        state = read_checked_state(w_path, expected_tensors(policy), CONFIG_NAME, PolicyCheckpointError, map_location)
         policy.load_state_dict(state, strict=True)
         return policy.to(map_location).eval()
 
