@@ -44,6 +44,15 @@ def tiny_checkpoint(folder: Path) -> Path:
     return model.save(folder)
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; None where it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
 def run(args: argparse.Namespace) -> dict:
     import rclpy
     from rclpy.action import ActionClient
@@ -93,6 +102,7 @@ def run(args: argparse.Namespace) -> dict:
         result_future = future.result().get_result_async()
         rclpy.spin_until_future_complete(node, result_future, timeout_sec=args.steps * 30.0)
         result = result_future.result().result
+        cpu_s = {script: process_cpu_seconds(p.pid) for (script, _, _), p in zip(specs, procs)}
     finally:
         node.destroy_node()
         rclpy.shutdown()
@@ -108,7 +118,9 @@ def run(args: argparse.Namespace) -> dict:
             "torch_threads": args.threads, "checkpoint": str(checkpoint) if args.checkpoint else "tiny random-init",
             "reason": result.reason, "message": result.message, "steps": result.steps,
             "duration_s": round(result.duration, 3),
-            **{k: round(v, 4) for k, v in metrics.items()}}
+            **{k: round(v, 4) for k, v in metrics.items()},
+            # CPU time each node used from its start to the task's end (start-up included): where the cores went
+            "cpu_s_per_node": cpu_s, "cpu_count": os.cpu_count()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,8 @@
 
 The MPC loop of an accepted goal: wait for a camera frame that arrived after the last move ended, with the
 joints -> ``GoalImageMPC.observe`` -> ``plan`` -> publish the waypoint(s) one at a time, each acknowledged by the
-safety layer and executed (joints within ``position_tolerance`` of it, or settled after its duration, or
-``execute_timeout`` past it) -> repeat. Feedback after every replan and every executed waypoint.
+safety layer and executed (joints within ``position_tolerance`` of it, or its duration over — with
+``wait_settled`` also the joints settled — or ``execute_timeout`` past it) -> repeat. Feedback after every replan and every executed waypoint.
 
 Ends (RunTask.Result.reason): SUCCEEDED (the task's success test held for ``success.hold_ticks`` consecutive
 control ticks of ``config/tasks.yaml``, see :mod:`dexwm_planner.ros.monitor`; goals without ground truth: the
@@ -119,6 +119,7 @@ class PlannerNodeConfig:
     ack_timeout: float
     execute_timeout: float
     position_tolerance: float
+    wait_settled: bool
     hold_duration: float
     max_steps_limit: int
     max_duration: float
@@ -314,6 +315,10 @@ class PlannerNode(Node):
            "even if the joints have not arrived", 0.0, 60.0)
         fl("position_tolerance", d.position_tolerance, "rad: every joint this close to the waypoint = arrived",
            0.0001, 0.5)
+        dec("wait_settled", d.wait_settled, D(
+            description="false: a waypoint is executed once its duration is over and a joint state from after its "
+                        "end arrived (what `dexwm bench tasks` does: the next frame is taken as the move ends); true: "
+                        "also wait until the joints slow below 0.05 rad/s"))
         fl("hold_duration", d.hold_duration, "s: time_from_start of the hold waypoint sent when a task ends",
            0.01, 5.0)
         dec("max_steps", int(self._mpc_max_steps()), D(
@@ -802,17 +807,22 @@ class PlannerNode(Node):
         started = time.monotonic()
         tolerance = self._param("position_tolerance")
 
+        wait_settled = bool(self._param("wait_settled"))
+
         def arrived():
             if self._joints is None:
                 return None
             q, t = self._joints
             if np.abs(q - waypoint).max() <= tolerance:
                 return True
-            if time.monotonic() - started >= planned and self._joints_prev is not None:
-                q0, t_prev = self._joints_prev
-                speed = np.abs(q - q0).max() / max(t - t_prev, 1e-6)
-                if speed < SETTLED_SPEED:
+            if t - started >= planned:  # a joint state from after the move's end
+                if not wait_settled:
                     return True
+                if self._joints_prev is not None:
+                    q0, t_prev = self._joints_prev
+                    speed = np.abs(q - q0).max() / max(t - t_prev, 1e-6)
+                    if speed < SETTLED_SPEED:
+                        return True
             return None
 
         with self._lock:
