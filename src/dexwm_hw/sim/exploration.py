@@ -40,6 +40,7 @@ from dexwm_model.data.episode import (  # noqa: E402
     EpisodeMeta,
     EpisodeReader,
     WriterConfig,
+    check_robot_joints,
     episode_filename,
     load_writer_config,
     write_episode,
@@ -372,6 +373,12 @@ class _Recorder:
         if self.sim.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number:
             raise SimulationUnstable(f"simulation diverged before t = {self.sim.time:.2f} s")
         r = self.rows
+        positions = {"joint_positions": np.stack(r["joint_positions"]),
+                     "commanded_targets": np.stack(r["commanded_targets"])}
+        try:  # a joint far past its limit: contacts pushed the hand through MuJoCo's soft joint limits
+            check_robot_joints(f"simulated episode at t = {self.sim.time:.2f} s", ROBOT_JOINTS, positions)
+        except EpisodeFormatError as exc:
+            raise SimulationUnstable(f"simulation left the robot's joint limits: {exc}") from None
         return Episode(
             meta=meta, frames=np.stack(r["frames"]), timestamps=np.array(r["timestamps"], dtype=np.float64),
             joint_positions=np.stack(r["joint_positions"]), commanded_targets=np.stack(r["commanded_targets"]),
