@@ -22,15 +22,67 @@ class ConfigError(ValueError):
     """A parameter file is missing, malformed, or does not match the dataclass it configures."""
 
 
-def config_dir() -> Path:
-    """``$DEXWM_CONFIG_DIR``, else the source checkout's ``config/``, else the installed ``share/dexwm/config``."""
-    env = os.environ.get("DEXWM_CONFIG_DIR")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[2] / "config", Path(sys.prefix) / "share" / "dexwm" / "config"]
+PACKAGE = "dexwm"  # the ROS 2 package name (package.xml)
+
+
+def source_root() -> Path:
+    """The checkout this code runs from (its ``config/``, ``urdf/``, ``checkpoints/``, ``src/``), when it does;
+    in an installed package this folder holds none of them."""
+    return Path(__file__).resolve().parents[2]
+
+
+def installed_prefix(package: str = PACKAGE) -> Path | None:
+    """The install prefix of ROS package ``package``: from the ament index (a colcon workspace's
+    ``install/<package>`` once its ``setup.bash`` is sourced), else the Python prefix when pip installed the
+    package's data there (``share/<package>``)."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    except ImportError:
+        pass
+    else:
+        try:
+            prefix = Path(get_package_prefix(package))
+            if (prefix / "share" / package).is_dir():
+                return prefix
+        except (PackageNotFoundError, ValueError, OSError):  # OSError: AMENT_PREFIX_PATH not set
+            pass
+    prefix = Path(sys.prefix)
+    return prefix if (prefix / "share" / package).is_dir() else None
+
+
+def project_dir_candidates(name: str) -> list[Path]:
+    """Where folder ``name`` of this project (config, urdf, checkpoints) is looked for, in order: the source
+    checkout's, then the installed ``share/dexwm/<name>``."""
+    candidates = [source_root() / name]
+    prefix = installed_prefix()
+    if prefix is not None:
+        candidates.append(prefix / "share" / PACKAGE / name)
+    return candidates
+
+
+def project_dir(name: str, override: str | None = None) -> Path:
+    """Folder ``name`` of this project: ``override`` (an environment variable's value) if given, else the first of
+    :func:`project_dir_candidates` that exists. The one lookup of the project's data folders."""
+    if override:
+        candidates = [Path(override)]
+    else:
+        source = source_root() / name
+        if source.is_dir():  # a checkout: no need to ask the ament index
+            return source
+        candidates = project_dir_candidates(name)
     for c in candidates:
         if c.is_dir():
             return c
-    raise ConfigError(f"no config folder found (looked in {', '.join(map(str, candidates))})")
+    raise FileNotFoundError(f"no {name} folder found (looked in {', '.join(map(str, candidates))})")
+
+
+def config_dir() -> Path:
+    """``$DEXWM_CONFIG_DIR``, else the source checkout's ``config/``, else the installed ``share/dexwm/config``.
+    Beside it: ``checkpoints/`` (the embedded weights); inside it ``suites/``."""
+    try:
+        return project_dir("config", os.environ.get("DEXWM_CONFIG_DIR"))
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

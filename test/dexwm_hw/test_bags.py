@@ -67,6 +67,24 @@ def test_write_read_round_trip_and_no_overwrite(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == before
 
 
+def test_metadata_names_the_ros_distro_it_was_recorded_on(tmp_path, monkeypatch):
+    import yaml
+
+    from dexwm_hw.bags.writing import ros_distro
+
+    monkeypatch.delenv("ROS_DISTRO", raising=False)
+    assert ros_distro() == "kilted"  # the venv's rclpy 9.x wheels
+    monkeypatch.setenv("ROS_DISTRO", "humble")
+    out = tmp_path / "bag"
+    with BagWriter(out) as bag:
+        bag.add_topic("/s", "std_msgs/msg/String")
+        bag.write("/s", 5, bag_typestore().serialize_cdr(bag_typestore().types["std_msgs/msg/String"](data="x"),
+                                                         "std_msgs/msg/String"))
+    info = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert info["ros_distro"] == "humble" and info["message_count"] == 1
+    assert validate_bag(out) == {"/s": 1}
+
+
 def test_committed_bag_is_a_complete_small_episode():
     size = sum(p.stat().st_size for p in TEST_BAG.iterdir())
     assert size <= 5 * 2**20

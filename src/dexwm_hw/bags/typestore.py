@@ -15,8 +15,10 @@ from pathlib import Path
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from dexwm_model.config import installed_prefix, source_root
+
 INTERFACES_PACKAGE = "dexwm_interfaces"
-INTERFACES_DIR = Path(__file__).resolve().parents[2] / INTERFACES_PACKAGE  # src/dexwm_interfaces
+INTERFACES_DIR = source_root() / "src" / INTERFACES_PACKAGE  # the checkout's src/dexwm_interfaces
 
 
 class UnknownTypeError(KeyError):
@@ -38,8 +40,23 @@ def _split_action(text: str, path: Path) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def interface_types(folder: Path = INTERFACES_DIR) -> dict:
+def interfaces_dir() -> Path:
+    """The ``.msg`` / ``.action`` definitions of our interface package: the checkout's ``src/dexwm_interfaces``,
+    else the installed ``share/dexwm_interfaces`` (rosidl installs them there)."""
+    candidates = [INTERFACES_DIR]
+    prefix = installed_prefix(INTERFACES_PACKAGE)
+    if prefix is not None:
+        candidates.append(prefix / "share" / INTERFACES_PACKAGE)
+    for c in candidates:
+        if (c / "msg").is_dir():
+            return c
+    raise FileNotFoundError(f"interface package {INTERFACES_PACKAGE} not found (looked in "
+                            f"{', '.join(map(str, candidates))})")
+
+
+def interface_types(folder: Path | None = None) -> dict:
     """``rosbags`` type definitions of every message (and action-derived message) of our interface package."""
+    folder = interfaces_dir() if folder is None else folder
     if not folder.is_dir():
         raise FileNotFoundError(f"interface package {folder} not found (expected src/{INTERFACES_PACKAGE})")
     package = folder.name

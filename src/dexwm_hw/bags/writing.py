@@ -12,6 +12,7 @@ No ROS import here: the recorder node converts rclpy's QoS profiles to ``rosbags
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +26,35 @@ from dexwm_hw.bags.errors import BagError, BagExistsError
 from dexwm_hw.bags.typestore import UnknownTypeError, message_definition, type_hash
 
 BAG_VERSION = 9  # the rosbag2 metadata version written by Jazzy / Kilted
+# rclpy's major version -> the ROS 2 distribution it belongs to (the ROS wheels carry no distro name)
+RCLPY_DISTROS = {3: "humble", 7: "jazzy", 9: "kilted", 10: "rolling"}
+
+
+def ros_distro() -> str:
+    """The distribution the recorder runs on: ``$ROS_DISTRO`` (set by a ROS install's setup.bash), else from the
+    installed rclpy's version, else ``unknown``."""
+    env = os.environ.get("ROS_DISTRO", "").strip()
+    if env:
+        return env
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("ros-rclpy", "rclpy"):
+        try:
+            major = int(version(dist).split(".")[0])
+        except (PackageNotFoundError, ValueError):
+            continue
+        return RCLPY_DISTROS.get(major, "unknown")
+    return "unknown"
+
+
+def stamp_ros_distro(metadata: Path, distro: str) -> None:
+    """Replace the ``ros_distro`` the bag library wrote (``rosbags``) with ``distro``; the file is otherwise kept."""
+    text = metadata.read_text()
+    lines = [f"{line.split(':', 1)[0]}: {distro}" if line.strip().startswith("ros_distro:") else line
+             for line in text.splitlines()]
+    tmp = metadata.with_name(metadata.name + ".tmp")
+    tmp.write_text("\n".join(lines) + ("\n" if text.endswith("\n") else ""))
+    os.replace(tmp, metadata)
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 COMPRESSIONS = ("none", "zstd")
 
@@ -130,6 +160,7 @@ class BagWriter:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+            stamp_ros_distro(self.path / "metadata.yaml", ros_distro())
 
     def __enter__(self) -> "BagWriter":
         return self.open()

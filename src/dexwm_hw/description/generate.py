@@ -21,7 +21,6 @@ project. Run ``python -m dexwm_hw.description`` to (re)write ``urdf/panda_allegr
 from __future__ import annotations
 
 import os
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from dexwm_hw.description.urdf_model import matrix_to_rpy
 from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_model.config import project_dir
 
 URDF_FILE = "panda_allegro.urdf"
 ROBOT_NAME = "panda_allegro"
@@ -45,13 +45,7 @@ _VISUAL_GROUP, _COLLISION_GROUP = 2, 3
 
 def urdf_dir() -> Path:
     """``$DEXWM_URDF_DIR``, else the source checkout's ``urdf/``, else the installed ``share/dexwm/urdf``."""
-    env = os.environ.get("DEXWM_URDF_DIR")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[3] / "urdf", Path(sys.prefix) / "share" / "dexwm" / "urdf"]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    raise FileNotFoundError(f"no urdf folder found (looked in {', '.join(map(str, candidates))})")
+    return project_dir("urdf", os.environ.get("DEXWM_URDF_DIR"))
 
 
 def urdf_path(name: str = URDF_FILE) -> Path:

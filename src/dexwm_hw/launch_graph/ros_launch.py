@@ -8,9 +8,6 @@ launch runs (an ``OpaqueFunction`` reads the argument values and calls ``describ
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.conditions import IfCondition
@@ -19,13 +16,17 @@ from launch_ros.actions import Node
 
 from dexwm_hw.launch_graph.episode import with_suite_episode
 from dexwm_hw.launch_graph.graph import ARGUMENTS, PACKAGE, describe
+from dexwm_model.config import installed_prefix
 
 
 def _package_for(package: str, executable: str) -> str | None:
-    """``launch_ros`` finds ``package``'s executables in ``<prefix>/lib/<package>/``; pip puts our console
-    scripts in ``bin/`` instead, so for those the executable is run by name from ``PATH`` (package None)."""
-    if package == PACKAGE and not (Path(sys.prefix) / "lib" / PACKAGE / executable).is_file():
-        return None
+    """``launch_ros`` finds ``package``'s executables in ``<prefix>/lib/<package>/`` (a colcon install); pip puts
+    our console scripts in ``bin/`` instead, so for those the executable is run by name from ``PATH`` (package
+    None)."""
+    if package == PACKAGE:
+        prefix = installed_prefix()
+        if prefix is None or not (prefix / "lib" / PACKAGE / executable).is_file():
+            return None
     return package
 
 

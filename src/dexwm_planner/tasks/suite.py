@@ -11,7 +11,6 @@ compares bit for bit.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,11 +26,9 @@ START_SOLVED = "the success test already holds at the start state (holding still
 
 
 def suite_path(task: str) -> Path:
-    """``<config>/suites/<task>.json`` (source checkout), else the installed ``share/dexwm/suites`` copy."""
+    """``<config>/suites/<task>.json`` (the source checkout's or the installed ``share/dexwm/config/suites``)."""
     _check_task(task)
-    path = config_dir() / "suites" / f"{task}.json"
-    installed = Path(sys.prefix) / "share" / "dexwm" / "suites" / f"{task}.json"
-    return installed if not path.exists() and installed.exists() else path
+    return config_dir() / "suites" / f"{task}.json"
 
 
 def _check_task(task: str) -> None:
