@@ -208,7 +208,7 @@ def test_launch_files_turn_the_graph_into_launch_ros_actions(task, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- process supervision
-FAST = LaunchConfig(sigint_grace_s=0.5, sigterm_grace_s=0.5, poll_period_s=0.02, introspection_period_s=0.5)
+FAST = LaunchConfig(sigint_grace_s=3.0, sigterm_grace_s=2.0, poll_period_s=0.02, introspection_period_s=0.5)
 
 
 class _Lines:
