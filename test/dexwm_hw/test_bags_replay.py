@@ -32,7 +32,7 @@ from dexwm_hw.bags.reading import BagReader  # noqa: E402
 from dexwm_hw.bags.replay import BagReplayer  # noqa: E402
 from dexwm_hw.ros.controller_common import COMMAND_TOPIC, STATUS_QOS, STATUS_TOPIC, parse_command  # noqa: E402
 from dexwm_hw.ros.graph_probe import GraphProbe  # noqa: E402
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES  # noqa: E402
+from dexwm_robot.joint_names import ALL_JOINT_NAMES  # noqa: E402
 from dexwm_hw.ros.node_process import NodeProcess  # noqa: E402
 from dexwm_interfaces.msg import HandKeypoints  # noqa: E402
 

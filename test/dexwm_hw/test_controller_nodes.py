@@ -21,10 +21,10 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E
 from dexwm_hw.ros.controller_common import COMMAND_TOPIC, ESTOP_SERVICE, STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC  # noqa: E402
 from dexwm_hw.ros.conversions import seconds_to_duration  # noqa: E402
 from dexwm_hw.ros.graph_probe import GraphProbe  # noqa: E402
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES  # noqa: E402
+from dexwm_robot.joint_names import ALL_JOINT_NAMES  # noqa: E402
 from dexwm_hw.ros.node_process import NodeProcess  # noqa: E402
 from dexwm_hw.safety.config import load_safety_config  # noqa: E402
-from dexwm_hw.sim.scene import load_sim_config  # noqa: E402
+from dexwm_robot.scene import load_sim_config  # noqa: E402
 from dexwm_interfaces.srv import EStop  # noqa: E402
 
 DOMAIN_ID = 173  # its own DDS domain: other test modules' nodes are invisible

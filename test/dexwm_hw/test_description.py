@@ -16,8 +16,8 @@ import torch
 
 from dexwm_hw.description.generate import MOUNT_JOINT, URDF_FILE, build_urdf
 from dexwm_hw.description.urdf_model import matrix_to_rpy, parse_urdf, rpy_to_matrix
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, ARM_JOINT_NAMES, HAND_JOINT_NAMES
-from dexwm_hw.sim.scene import ROBOT_JOINTS, build_model
+from dexwm_robot.joint_names import ALL_JOINT_NAMES, ARM_JOINT_NAMES, HAND_JOINT_NAMES
+from dexwm_robot.scene import ROBOT_JOINTS, build_model
 from dexwm_model.kinematics.panda_allegro import PandaAllegroFK
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import yaml
 from dexwm_cli.main import main as dexwm_main
 from dexwm_hw.sim import exploration as ex
 from dexwm_hw.sim.robot import PandaAllegroSim
-from dexwm_model.config import ConfigError, config_dir
+from dexwm_robot.config import ConfigError, config_dir
 from dexwm_model.data.episode import EpisodeReader, read_episode
-from dexwm_model.kinematics.hand_layout import ALLEGRO_TO_HAND21
+from dexwm_robot.hand_layout import ALLEGRO_TO_HAND21
 
 
 def short_config(**mix) -> ex.ExplorationConfig:

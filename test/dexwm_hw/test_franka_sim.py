@@ -15,7 +15,7 @@ import pytest
 
 from dexwm_hw.scheduling import normal_scheduling
 from dexwm_hw.franka.sim import FCI_PORT, FrankaSimProcess, FrankaSimUnavailable, ensure_installed, port_in_use
-from dexwm_hw.sim.assets import RobotModelsMissing, robot_model_paths
+from dexwm_robot.assets import RobotModelsMissing, robot_model_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN_ID = 179
@@ -106,7 +106,7 @@ def test_arm_controller_node_on_the_libfranka_backend(franka_sim, tmp_path):
     from trajectory_msgs.msg import JointTrajectory
 
     from dexwm_hw.ros.controller_common import COMMAND_QOS, COMMAND_TOPIC, command_message
-    from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, ARM_JOINT_NAMES
+    from dexwm_robot.joint_names import ALL_JOINT_NAMES, ARM_JOINT_NAMES
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                ROS_LOG_DIR=str(ROOT / "log" / "ros"))

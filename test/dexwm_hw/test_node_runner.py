@@ -18,7 +18,7 @@ NODE_SCRIPT = textwrap.dedent("""
     import sys
     from rclpy.node import Node
     from dexwm_hw.ros.node_runner import run_node
-    from dexwm_model.config import ConfigError
+    from dexwm_robot.config import ConfigError
 
     MODE = sys.argv[1]
 

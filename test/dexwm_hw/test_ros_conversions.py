@@ -4,7 +4,7 @@ from builtin_interfaces.msg import Duration, Time
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from dexwm_hw.ros import conversions as conv
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, ARM_JOINT_NAMES, HAND_JOINT_NAMES, arm_indices
+from dexwm_robot.joint_names import ALL_JOINT_NAMES, ARM_JOINT_NAMES, HAND_JOINT_NAMES, arm_indices
 
 RNG = np.random.default_rng(0)
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_robot.joint_names import ALL_JOINT_NAMES
 from dexwm_hw.safety.config import SafetyConfig, config_from_values, load_safety_config
 from dexwm_hw.safety.limits import JointLimits
 from dexwm_hw.safety.motion import MIN_JERK_PEAK_FACTOR, QuinticMove, min_jerk_duration
@@ -20,8 +20,8 @@ from dexwm_hw.safety.supervisor import (
     SafetySupervisor,
 )
 from dexwm_hw.safety.workspace import WorkspaceBox
-from dexwm_hw.sim.scene import load_sim_config
-from dexwm_model.config import ConfigError
+from dexwm_robot.scene import load_sim_config
+from dexwm_robot.config import ConfigError
 
 CFG = load_safety_config()
 HOME = np.asarray(load_sim_config()[0].home, dtype=np.float64)

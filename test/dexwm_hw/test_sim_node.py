@@ -25,9 +25,9 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E
 
 from dexwm_hw.ros.conversions import image_to_numpy, quaternion_to_rotation, seconds_to_duration  # noqa: E402
 from dexwm_hw.ros.graph_probe import GraphProbe  # noqa: E402
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, ARM_JOINT_NAMES  # noqa: E402
+from dexwm_robot.joint_names import ALL_JOINT_NAMES, ARM_JOINT_NAMES  # noqa: E402
 from dexwm_hw.sim.camera import intrinsics  # noqa: E402
-from dexwm_hw.sim.scene import load_sim_config  # noqa: E402
+from dexwm_robot.scene import load_sim_config  # noqa: E402
 
 DOMAIN_ID = 187  # unusual, so parallel jobs and other test modules do not see this node
 ROOT = Path(__file__).resolve().parents[2]

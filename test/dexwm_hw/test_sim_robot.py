@@ -4,7 +4,7 @@ import pytest
 
 from dexwm_hw.sim.controller import JointInterpolator, min_duration
 from dexwm_hw.sim.robot import PandaAllegroSim
-from dexwm_hw.sim.scene import KEYPOINT_SITES, NUM_JOINTS, ROBOT_JOINTS
+from dexwm_robot.scene import KEYPOINT_SITES, NUM_JOINTS, ROBOT_JOINTS
 
 
 @pytest.fixture(scope="module")

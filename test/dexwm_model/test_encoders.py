@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dexwm_model.config import ConfigError
+from dexwm_robot.config import ConfigError
 from dexwm_model.encoders import (
     Dinov2Encoder,
     EncoderConfig,

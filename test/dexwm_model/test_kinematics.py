@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from dexwm_hw.sim.camera import camera_model
-from dexwm_hw.sim.scene import ROBOT_JOINTS, build_model, load_sim_config
+from dexwm_robot.scene import ROBOT_JOINTS, build_model, load_sim_config
 from dexwm_model.kinematics.chain import ChainSpec, KinematicChain, project, world_to_camera
-from dexwm_model.kinematics.hand_layout import ALLEGRO_KEYPOINT_SITES, ALLEGRO_TO_HAND21
+from dexwm_robot.hand_layout import ALLEGRO_KEYPOINT_SITES, ALLEGRO_TO_HAND21
 from dexwm_model.kinematics.panda_allegro import (
     FLANGE,
     KEYPOINT_SITE_NAMES,
@@ -241,7 +241,7 @@ def test_loaded_chain_runs_without_mujoco(fk, configs, tmp_path):
         fk = PandaAllegroFK.load({str(path)!r})
         out = fk.hand21(torch.tensor(np.load({str(tmp_path / "q.npy")!r})))
         np.save({str(tmp_path / "out.npy")!r}, out.numpy())
-        assert "dexwm_hw.sim.scene" not in sys.modules
+        assert "dexwm_robot.scene" not in sys.modules
     """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     got = np.load(tmp_path / "out.npy")

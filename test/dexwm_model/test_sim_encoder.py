@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from dexwm_cli.main import main as dexwm_main
-from dexwm_model.config import ConfigError
+from dexwm_robot.config import ConfigError
 from dexwm_model.data.episode import Episode, EpisodeMeta, WriterConfig, write_episode
 from dexwm_model.encoders import ENCODERS, EncoderConfig, EncoderWeightsMissing, build_encoder
 from dexwm_model.encoders.sim_vit import (

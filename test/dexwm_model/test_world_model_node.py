@@ -18,7 +18,7 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 from dexwm_hw.ros.conversions import joint_state, numpy_to_image  # noqa: E402
 from dexwm_hw.ros.graph_probe import GraphProbe  # noqa: E402
 from dexwm_hw.ros.node_process import NodeProcess  # noqa: E402
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, CAMERA_OPTICAL_FRAME  # noqa: E402
+from dexwm_robot.joint_names import ALL_JOINT_NAMES, CAMERA_OPTICAL_FRAME  # noqa: E402
 from dexwm_interfaces.msg import HandKeypoints, PlanStatus  # noqa: E402
 from dexwm_model.decoder import DecoderArch, LatentDecoder  # noqa: E402
 from dexwm_model.training import ModelSpec, build_world_model  # noqa: E402
@@ -119,7 +119,7 @@ class Probe(GraphProbe):
 
 @pytest.fixture(scope="module")
 def home():
-    from dexwm_hw.sim.scene import load_sim_config
+    from dexwm_robot.scene import load_sim_config
 
     return np.asarray(load_sim_config()[0].home, dtype=np.float64)
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from dexwm_cli.main import main
-from dexwm_model.config import ConfigError, load_yaml
+from dexwm_robot.config import ConfigError, load_yaml
 from dexwm_model.data.episode import Episode, EpisodeMeta, WriterConfig, write_episode
 from dexwm_model.encoders.factory import EncoderConfig
 from dexwm_model.kinematics.panda_allegro import robot_joint_limits, robot_joint_names

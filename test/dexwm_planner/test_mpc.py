@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dexwm_model.config import ConfigError
+from dexwm_robot.config import ConfigError
 from dexwm_model.encoders.factory import EncoderConfig
 from dexwm_model.predictor.config import HandHeadConfig, load_predictor_config
 from dexwm_model.world_model import WorldModel, WorldModelConfig
@@ -58,7 +58,7 @@ def world_model() -> WorldModel:
 
 @pytest.fixture(scope="module")
 def home() -> np.ndarray:
-    from dexwm_hw.sim.scene import load_sim_config
+    from dexwm_robot.scene import load_sim_config
 
     return np.asarray(load_sim_config()[0].home, dtype=np.float64)
 

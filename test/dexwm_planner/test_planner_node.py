@@ -35,9 +35,9 @@ from dexwm_hw.ros.controller_common import (  # noqa: E402
 )
 from dexwm_hw.ros.conversions import numpy_to_image  # noqa: E402
 from dexwm_hw.ros.graph_probe import GraphProbe, GraphWaitError  # noqa: E402
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, CAMERA_OPTICAL_FRAME  # noqa: E402
+from dexwm_robot.joint_names import ALL_JOINT_NAMES, CAMERA_OPTICAL_FRAME  # noqa: E402
 from dexwm_hw.ros.node_process import NodeProcess  # noqa: E402
-from dexwm_hw.sim.scene import load_sim_config  # noqa: E402
+from dexwm_robot.scene import load_sim_config  # noqa: E402
 from dexwm_interfaces.action import RunTask  # noqa: E402
 from dexwm_interfaces.msg import HandKeypoints, PlanStatus  # noqa: E402
 from dexwm_interfaces.srv import EStop, SetGoalFromCamera  # noqa: E402

@@ -75,7 +75,7 @@ def frames() -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def joints(i: int) -> np.ndarray:
-    from dexwm_hw.sim.scene import load_sim_config
+    from dexwm_robot.scene import load_sim_config
 
     q = np.asarray(load_sim_config()[0].home, dtype=np.float64)
     q[0] += 0.05 * i  # the arm turns: the actual keypoints move between steps

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dexwm_hw.sim.robot import PandaAllegroSim
-from dexwm_hw.sim.scene import load_sim_config
+from dexwm_robot.scene import load_sim_config
 from dexwm_planner.tasks import suite as S
 from dexwm_planner.tasks.config import TASKS, load_tasks_config
 
@@ -127,7 +127,7 @@ def test_grasp_goal_is_cut_where_the_suite_config_says(grasp_goal):
 def test_grasp_goal_setting_is_checked():
     import dataclasses
 
-    from dexwm_model.config import ConfigError
+    from dexwm_robot.config import ConfigError
 
     with pytest.raises(ConfigError, match="grasp_goal must be one of"):
         dataclasses.replace(load_tasks_config().suite, grasp_goal="raised")

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ros_arguments(args: argparse.Namespace) -> list[str]:
     """The node's ``--ros-args`` for these options (params file first, then the overrides)."""
-    from dexwm_model.config import config_dir
+    from dexwm_robot.config import config_dir
 
     if args.duration < 0:
         raise SystemExit(f"--duration must be >= 0, got {args.duration}")

@@ -31,7 +31,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from dexwm_hw.ros.controller_common import COMMAND_TOPIC, STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC
 from dexwm_hw.ros.conversions import duration_to_seconds, seconds_to_duration
 from dexwm_hw.ros.graph_probe import GraphProbe
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_robot.joint_names import ALL_JOINT_NAMES
 from dexwm_hw.ros.node_process import NodeProcess
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -15,7 +15,7 @@ from pathlib import Path
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
-from dexwm_model.config import installed_prefix, source_root
+from dexwm_robot.config import installed_prefix, source_root
 
 INTERFACES_PACKAGE = "dexwm_interfaces"
 INTERFACES_DIR = source_root() / "src" / INTERFACES_PACKAGE  # the checkout's src/dexwm_interfaces

@@ -1,6 +1,6 @@
 """Write the robot description (plain URDF, no xacro) from the composed MuJoCo scene the simulator runs.
 
-Every kinematic number comes from the compiled ``MjModel`` of :func:`dexwm_hw.sim.scene.build_spec` (body
+Every kinematic number comes from the compiled ``MjModel`` of :func:`dexwm_robot.scene.build_spec` (body
 offsets and orientations, joint axes and ranges, actuator effort limits, inertias) and ``config/sim.yaml``
 (joint speed limits); visual and collision geometry comes from the same ``MjSpec`` (authoring-time geom poses,
 before MuJoCo recentres meshes). Names follow the ROS drivers:
@@ -8,7 +8,7 @@ before MuJoCo recentres meshes). Names follow the ROS drivers:
 * Panda: links ``panda_link0..8`` and joints ``panda_joint1..7`` as in ``franka_description``; ``panda_link8`` is
   the flange, 0.107 m along ``panda_link7``'s z without rotation (franka_description's ``panda_joint8``), so the
   MuJoCo attachment frame's extra turn goes into the fixed hand mount joint ``panda_allegro_mount``.
-* Allegro: the joints carry the project's driver names (``dexwm_hw.ros.joint_names``: ``ah_joint00..33``, the
+* Allegro: the joints carry the project's driver names (``dexwm_robot.joint_names``: ``ah_joint00..33``, the
   names on ``/joint_states``), each joint's child link is ``ah_link_<fj>``, the fixed fingertip bodies
   ``ah_link_<f>4``, the palm ``ah_palm_link`` (allegro_hand_ros2's scheme). Hand keypoint sites that are not at a
   link origin (wrist, palm centre, fingertips) become fixed frames ``ah_kp_<site>``.
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from dexwm_hw.description.urdf_model import matrix_to_rpy
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
-from dexwm_model.config import project_dir
+from dexwm_robot.joint_names import ALL_JOINT_NAMES
+from dexwm_robot.config import project_dir
 
 URDF_FILE = "panda_allegro.urdf"
 ROBOT_NAME = "panda_allegro"
@@ -94,7 +94,7 @@ class _Link:
 
 
 def _joint_name_map() -> dict[str, str]:
-    from dexwm_hw.sim.scene import ROBOT_JOINTS
+    from dexwm_robot.scene import ROBOT_JOINTS
 
     return dict(zip(ROBOT_JOINTS, ALL_JOINT_NAMES))
 
@@ -103,7 +103,7 @@ def build_urdf(model=None, spec=None) -> str:
     """URDF text of the composed Panda + Allegro (defaults: the scene of ``config/sim.yaml``)."""
     import mujoco
 
-    from dexwm_hw.sim.scene import build_spec, load_sim_config
+    from dexwm_robot.scene import build_spec, load_sim_config
 
     scene, camera = load_sim_config()
     if spec is None:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from dexwm_hw.sim.assets import robot_model_paths
+from dexwm_robot.assets import robot_model_paths
 
 FCI_PORT = 1337  # libfranka's robot command port (not configurable on the client side)
 ROOT = Path(__file__).resolve().parents[3]

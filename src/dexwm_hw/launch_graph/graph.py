@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from dexwm_hw.ros.exit_codes import EXIT_TASK_FAILED
-from dexwm_model.config import config_dir
+from dexwm_robot.config import config_dir
 
 PACKAGE = "dexwm"
 TASKS = ("reach", "grasp", "place")

@@ -16,7 +16,7 @@ from launch_ros.actions import Node
 
 from dexwm_hw.launch_graph.episode import with_suite_episode
 from dexwm_hw.launch_graph.graph import ARGUMENTS, PACKAGE, describe
-from dexwm_model.config import installed_prefix
+from dexwm_robot.config import installed_prefix
 
 
 def _package_for(package: str, executable: str) -> str | None:

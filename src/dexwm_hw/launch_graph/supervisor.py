@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from dexwm_model.config import load_section
+from dexwm_robot.config import load_section
 
 CLEAN_EXIT_CODES = (0, -signal.SIGINT, 128 + signal.SIGINT)
 

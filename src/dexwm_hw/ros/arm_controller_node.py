@@ -31,11 +31,11 @@ from dexwm_hw.ros.controller_common import (
     joint_positions,
     parse_command,
 )
-from dexwm_hw.ros.joint_names import ARM_JOINT_NAMES
+from dexwm_robot.joint_names import ARM_JOINT_NAMES
 from dexwm_hw.ros.node_runner import run_node
 from dexwm_hw.safety.config import node_section
 from dexwm_hw.safety.motion import QuinticMove
-from dexwm_model.config import ConfigError
+from dexwm_robot.config import ConfigError
 
 NODE_NAME = "dexwm_arm_controller"
 COMMAND_WAIT_S = 0.5  # a command that arrives before the first joint state is executed if one comes this soon

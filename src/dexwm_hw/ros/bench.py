@@ -86,7 +86,7 @@ def _measure(rtf: float, seconds: float, domain_id: int, params_file: Path) -> d
     control = _rate(js)
     camera = _rate(im)
     from dexwm_hw.ros.sim_node import load_node_config
-    from dexwm_hw.sim.scene import load_sim_config
+    from dexwm_robot.scene import load_sim_config
 
     scene, _ = load_sim_config(load_node_config(str(params_file)).sim_config)
     camera_hz = load_node_config(str(params_file)).camera_rate_hz
@@ -104,7 +104,7 @@ def _measure(rtf: float, seconds: float, domain_id: int, params_file: Path) -> d
 
 
 def run(args: argparse.Namespace) -> int:
-    from dexwm_model.config import config_dir
+    from dexwm_robot.config import config_dir
 
     params_file = config_dir() / "sim_node.yaml"
     report = {

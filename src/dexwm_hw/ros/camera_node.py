@@ -31,9 +31,9 @@ from dexwm_hw.cameras import SOURCES, CameraError, EndOfStream, FrameSource, mak
 from dexwm_hw.ros import conversions as conv
 from dexwm_hw.ros.controller_common import float_range, int_range
 from dexwm_hw.ros.exit_codes import EXIT_CANNOT_RUN, EXIT_PARAMETERS
-from dexwm_hw.ros.joint_names import CAMERA_OPTICAL_FRAME
+from dexwm_robot.joint_names import CAMERA_OPTICAL_FRAME
 from dexwm_hw.ros.node_runner import run_node
-from dexwm_model.config import ConfigError, from_dict, load_yaml
+from dexwm_robot.config import ConfigError, from_dict, load_yaml
 
 NODE_NAME = "dexwm_camera"
 PARAMS_FILE = "camera.yaml"

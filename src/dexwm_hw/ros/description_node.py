@@ -31,9 +31,9 @@ from tf2_msgs.msg import TFMessage
 from dexwm_hw.description.generate import urdf_path
 from dexwm_hw.description.urdf_model import UrdfRobot, axis_angle_matrix, parse_urdf
 from dexwm_hw.ros import conversions as conv
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_robot.joint_names import ALL_JOINT_NAMES
 from dexwm_hw.ros.node_runner import run_node
-from dexwm_model.config import ConfigError, from_dict, load_yaml
+from dexwm_robot.config import ConfigError, from_dict, load_yaml
 
 NODE_NAME = "dexwm_description"
 PARAMS_FILE = "description.yaml"

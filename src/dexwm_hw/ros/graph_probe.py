@@ -18,7 +18,7 @@ from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from sensor_msgs.msg import JointState
 
 from dexwm_hw.ros.controller_common import joint_positions
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_robot.joint_names import ALL_JOINT_NAMES
 
 
 class GraphWaitError(AssertionError):

@@ -21,11 +21,11 @@ from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from dexwm_hw.ros.controller_common import COMMAND_QOS, COMMAND_TOPIC, float_range, joint_positions, parse_command
-from dexwm_hw.ros.joint_names import HAND_JOINT_NAMES
+from dexwm_robot.joint_names import HAND_JOINT_NAMES
 from dexwm_hw.ros.node_runner import run_node
 from dexwm_hw.safety.config import node_section
 from dexwm_hw.safety.motion import QuinticMove
-from dexwm_model.config import ConfigError
+from dexwm_robot.config import ConfigError
 
 NODE_NAME = "dexwm_hand_controller"
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dexwm_model.config import config_dir
+from dexwm_robot.config import config_dir
 
 
 class NodeProcess:

@@ -22,7 +22,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from dexwm_hw.ros.exit_codes import EXIT_PARAMETERS
-from dexwm_model.config import ConfigError
+from dexwm_robot.config import ConfigError
 
 POLL_S = 0.1  # longest a stop signal waits for the executor to notice it
 WORKERS_GRACE_S = 5.0  # callbacks still running at a stop get this long to finish

@@ -28,7 +28,7 @@ from dexwm_hw.bags.typestore import UnknownTypeError
 from dexwm_hw.bags.writing import COMPRESSIONS, STORAGES, BagWriter
 from dexwm_hw.ros.controller_common import float_range, int_range
 from dexwm_hw.ros.node_runner import run_node
-from dexwm_model.config import ConfigError, load_yaml
+from dexwm_robot.config import ConfigError, load_yaml
 
 NODE_NAME = "dexwm_recorder"
 PARAMS_FILE = "recorder_node.yaml"

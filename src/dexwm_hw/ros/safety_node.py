@@ -37,14 +37,14 @@ from dexwm_hw.ros.controller_common import (
     int_range,
 )
 from dexwm_hw.ros.conversions import duration_to_seconds
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_robot.joint_names import ALL_JOINT_NAMES
 from dexwm_hw.ros.node_runner import run_node
 from dexwm_hw.safety.config import SAFETY_NODE_NAME, config_from_values, load_safety_config
 from dexwm_hw.safety.limits import JointLimits
 from dexwm_hw.safety.supervisor import Command, SafetySupervisor
 from dexwm_hw.safety.workspace import WorkspaceBox
 from dexwm_interfaces.srv import EStop
-from dexwm_model.config import ConfigError
+from dexwm_robot.config import ConfigError
 
 _JOINTS = "23 values in the order panda_joint1..7, ah_joint10..13, 20..23, 30..33, 00..03"
 

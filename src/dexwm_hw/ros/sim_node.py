@@ -41,7 +41,7 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from dexwm_hw.ros import conversions as conv  # noqa: E402
-from dexwm_hw.ros.joint_names import (  # noqa: E402
+from dexwm_robot.joint_names import (  # noqa: E402
     ALL_JOINT_NAMES,
     ARM_BASE_FRAME,
     ARM_LINK_FRAMES,
@@ -55,8 +55,8 @@ from dexwm_hw.ros.joint_names import (  # noqa: E402
 from dexwm_hw.ros.trajectory import CombinedSetpoint, HermiteTrajectory, plan_trajectory  # noqa: E402
 from dexwm_hw.ros.node_runner import run_node
 from dexwm_hw.sim.robot import PandaAllegroSim  # noqa: E402
-from dexwm_hw.sim.scene import KEYPOINT_SITES, load_sim_config  # noqa: E402
-from dexwm_model.config import ConfigError, from_dict, load_yaml  # noqa: E402
+from dexwm_robot.scene import KEYPOINT_SITES, load_sim_config  # noqa: E402
+from dexwm_robot.config import ConfigError, from_dict, load_yaml  # noqa: E402
 
 NODE_NAME = "dexwm_sim"
 PARAMS_FILE = "sim_node.yaml"

@@ -2,7 +2,7 @@
 
 The same values are the ROS parameters of the safety node (``ros__parameters``), so the YAML file is the one place
 they live; :func:`load_safety_config` reads them without ROS for tests and tools. Joint arrays follow the project's
-23-joint order (``dexwm_hw.ros.joint_names.ALL_JOINT_NAMES``: panda_joint1..7, then ah_joint00..33).
+23-joint order (``dexwm_robot.joint_names.ALL_JOINT_NAMES``: panda_joint1..7, then ah_joint00..33).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from dexwm_model.config import ConfigError, from_dict, load_yaml
+from dexwm_robot.config import ConfigError, from_dict, load_yaml
 
 PARAMS_FILE = "controllers.yaml"
 SAFETY_NODE_NAME = "dexwm_safety"

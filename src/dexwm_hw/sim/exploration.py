@@ -31,8 +31,8 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dexwm_hw.sim.robot import PandaAllegroSim  # noqa: E402
-from dexwm_hw.sim.scene import NUM_JOINTS, ROBOT_JOINTS  # noqa: E402
-from dexwm_model.config import ConfigError, load_section  # noqa: E402
+from dexwm_robot.scene import NUM_JOINTS, ROBOT_JOINTS  # noqa: E402
+from dexwm_robot.config import ConfigError, load_section  # noqa: E402
 from dexwm_model.data.episode import (  # noqa: E402
     TMP_SUFFIX,
     Episode,
@@ -45,7 +45,7 @@ from dexwm_model.data.episode import (  # noqa: E402
     load_writer_config,
     write_episode,
 )
-from dexwm_model.kinematics.hand_layout import ALLEGRO_KEYPOINT_SITES, ALLEGRO_TO_HAND21  # noqa: E402
+from dexwm_robot.hand_layout import ALLEGRO_KEYPOINT_SITES, ALLEGRO_TO_HAND21  # noqa: E402
 
 GENERATOR_VERSION = "dexwm-exploration/1"
 KINDS = ("reach", "lift_replay", "hand_only")

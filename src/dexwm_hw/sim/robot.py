@@ -13,7 +13,7 @@ import numpy as np
 
 from dexwm_hw.sim.camera import CameraModel, FastRenderer, camera_model
 from dexwm_hw.sim.controller import JointInterpolator, min_duration
-from dexwm_hw.sim.scene import (
+from dexwm_robot.scene import (
     KEYPOINT_SITES,
     NUM_JOINTS,
     CameraConfig,

@@ -17,7 +17,7 @@ import torch
 from dexwm_model.actions._arrays import as_tensor, check_shape, numpy_compatible, to_tensors
 from dexwm_model.actions.keypoint_action import fixed_camera_action
 from dexwm_model.actions.trajectory import KeypointTrajectory
-from dexwm_model.kinematics.hand_layout import NUM_HAND_KEYPOINTS
+from dexwm_robot.hand_layout import NUM_HAND_KEYPOINTS
 
 NUM_JOINTS = 23
 

@@ -27,7 +27,7 @@ import torch
 from dexwm_model.actions._arrays import check_shape, numpy_compatible, to_tensors
 from dexwm_model.actions.rotations import axis_rotation, make_transform
 from dexwm_model.actions.trajectory import KeypointTrajectory
-from dexwm_model.kinematics.hand_layout import NUM_HAND_KEYPOINTS
+from dexwm_robot.hand_layout import NUM_HAND_KEYPOINTS
 
 RADII_OPEN = (0.03, 0.04, 0.05, 0.06)  # m, gripper_position = 0
 RADII_CLOSED = (0.03, 0.04, 0.035, 0.03)  # m, gripper_position = 1

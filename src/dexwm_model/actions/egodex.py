@@ -21,7 +21,7 @@ import torch
 from dexwm_model.actions._arrays import as_tensor
 from dexwm_model.actions.space import HANDS
 from dexwm_model.actions.trajectory import KeypointTrajectory
-from dexwm_model.kinematics.hand_layout import FINGER_PARTS, HAND_FINGERS_21
+from dexwm_robot.hand_layout import FINGER_PARTS, HAND_FINGERS_21
 
 # the one mapping table: our layout names -> ARKit joint-name pieces
 EGODEX_WRIST = "Hand"

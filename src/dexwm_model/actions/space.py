@@ -14,14 +14,14 @@ camera rotation       129 .. 131 Euler angles of ``R_k1^T R_k2`` (intrinsic X-Y-
 Every 3-vector is expressed in the **camera frame at k1** (optical convention: +x right, +y down, +z forward;
 camera poses are camera-to-world 4x4 matrices, like ``dexwm_hw.sim.camera.CameraModel.T_wc``). A keypoint
 displacement is ``R_k1^T (p_k2 - p_k1)`` for world positions ``p``, i.e. the difference of both positions
-expressed in that one frame. The 21 keypoints of a hand follow :mod:`dexwm_model.kinematics.hand_layout`
+expressed in that one frame. The 21 keypoints of a hand follow :mod:`dexwm_robot.hand_layout`
 (wrist, then thumb, index, middle, ring, little: knuckle, intermediate base, intermediate tip, tip).
 Values are in metres and radians and are not normalised (as in the reference method).
 """
 
 from __future__ import annotations
 
-from dexwm_model.kinematics.hand_layout import FINGER_PARTS, HAND_FINGERS_21, NUM_HAND_KEYPOINTS, NUM_KEYPOINTS
+from dexwm_robot.hand_layout import FINGER_PARTS, HAND_FINGERS_21, NUM_HAND_KEYPOINTS, NUM_KEYPOINTS
 
 HANDS = ("left", "right")
 AXES = ("x", "y", "z")

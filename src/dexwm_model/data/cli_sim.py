@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from dexwm_hw.sim.exploration import DemonstratorUnavailable, generate, load_exploration_config, summary_json
-    from dexwm_model.config import ConfigError
+    from dexwm_robot.config import ConfigError
     from dexwm_model.data.episode import load_writer_config
 
     if args.episodes < 1 or args.workers < 1:

@@ -25,12 +25,12 @@ from typing import Any, Callable, Iterator
 import h5py
 import numpy as np
 
-from dexwm_model.kinematics.hand_layout import NUM_HAND_KEYPOINTS
+from dexwm_robot.hand_layout import NUM_HAND_KEYPOINTS
 
 FORMAT_NAME = "dexwm-episode"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
-NUM_ROBOT_JOINTS = 23  # Panda joint1..7 + Allegro ah_joint00..33 (see dexwm_hw.sim.scene)
+NUM_ROBOT_JOINTS = 23  # Panda joint1..7 + Allegro ah_joint00..33 (see dexwm_robot.scene)
 EPISODE_PREFIX = "episode_"
 EPISODE_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"
@@ -434,7 +434,7 @@ class WriterConfig:
 
 
 def load_writer_config(path: str | os.PathLike = "data.yaml") -> WriterConfig:
-    from dexwm_model.config import load_section
+    from dexwm_robot.config import load_section
 
     return load_section(WriterConfig, path, "writer")
 

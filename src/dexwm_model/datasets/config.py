@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dexwm_model.config import ConfigError, from_dict, load_yaml
+from dexwm_robot.config import ConfigError, from_dict, load_yaml
 
 CONFIG_FILE = "datasets.yaml"
 SHORT_EPISODE_POLICIES = ("error", "skip")

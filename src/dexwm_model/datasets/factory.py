@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dexwm_model.config import ConfigError
+from dexwm_robot.config import ConfigError
 from dexwm_model.datasets.base import ClipDataset, Transform
 from dexwm_model.datasets.config import SOURCE_SECTIONS, DatasetsConfig, load_datasets_config
 from dexwm_model.datasets.droid_lerobot import DroidLeRobot

@@ -31,7 +31,7 @@ from dexwm_model.data.raw_image import RawImageError, raw_image_rgb
 from dexwm_model.datasets.base import ClipDataset, EpisodeEntry, LoadedClip, Transform
 from dexwm_model.datasets.config import ClipConfig, RosbagSourceConfig
 from dexwm_model.datasets.errors import DatasetFormatError
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_robot.joint_names import ALL_JOINT_NAMES
 from dexwm_model.datasets.keypoints import HEATMAP_KEYPOINTS_42, NUM_HEATMAP_KEYPOINTS, finalize, project, \
     world_to_camera
 

@@ -23,7 +23,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from dexwm_model.config import ConfigError, from_dict
+from dexwm_robot.config import ConfigError, from_dict
 from dexwm_model.encoders.base import ImageEncoder
 from dexwm_model.weights_file import check_finite_state
 from dexwm_model.encoders.sim_vit import (

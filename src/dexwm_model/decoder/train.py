@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dexwm_model.config import ConfigError
+from dexwm_robot.config import ConfigError
 from dexwm_model.data.episode import EpisodeFormatError
 from dexwm_model.decoder.model import LatentDecoder
 from dexwm_model.encoders.base import EncoderWeightsMissing, ImageEncoder

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from dexwm_model.config import ConfigError, load_section
+from dexwm_robot.config import ConfigError, load_section
 from dexwm_model.encoders.base import ImageEncoder
 
 CONFIG_FILE = "model.yaml"

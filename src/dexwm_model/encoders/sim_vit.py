@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from dexwm_model.config import ConfigError, config_dir, from_dict, load_yaml
+from dexwm_robot.config import ConfigError, config_dir, from_dict, load_yaml
 from dexwm_model.encoders.base import EncoderWeightsMissing, ImageEncoder
 from dexwm_model.encoders.factory import EncoderConfig, register_encoder
 from dexwm_model.weights_file import BadWeights, check_finite_state, read_checked_state

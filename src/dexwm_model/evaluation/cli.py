@@ -69,7 +69,7 @@ def evaluate_checkpoint(checkpoint: str, roots: dict[str, str], cfg, out: str | 
 
 
 def run(args: argparse.Namespace) -> int:
-    from dexwm_model.config import ConfigError
+    from dexwm_robot.config import ConfigError
     from dexwm_model.datasets.errors import DatasetFormatError
     from dexwm_model.training.config import load_eval_config
     from dexwm_model.training.data import parse_data_specs

@@ -1,6 +1,6 @@
 """Forward kinematics of the project's Panda + right Allegro: the 23-vector of joints to hand keypoints and frames.
 
-Joint order: the composed scene's actuator order (``dexwm_hw.sim.scene.ROBOT_JOINTS``): Panda ``joint1..7``,
+Joint order: the composed scene's actuator order (``dexwm_robot.scene.ROBOT_JOINTS``): Panda ``joint1..7``,
 then the Allegro's ``ff, mf, rf, th`` joints 0..3. Positions are in the world frame of the scene (metres).
 
 MuJoCo is needed only to read the chain (:meth:`PandaAllegroFK.from_mujoco`, :meth:`PandaAllegroFK.default`);
@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from dexwm_model.config import load_section
+from dexwm_robot.config import load_section
 from dexwm_model.kinematics.chain import ChainSpec, KinematicChain
-from dexwm_model.kinematics.hand_layout import ALLEGRO_KEYPOINT_SITES, ALLEGRO_TO_HAND21
+from dexwm_robot.hand_layout import ALLEGRO_KEYPOINT_SITES, ALLEGRO_TO_HAND21
 
 if TYPE_CHECKING:  # pragma: no cover
     import mujoco
@@ -83,7 +83,7 @@ class PandaAllegroFK(KinematicChain):
 
 
 def _robot_spec(model: "mujoco.MjModel") -> ChainSpec:
-    from dexwm_hw.sim.scene import ROBOT_JOINTS
+    from dexwm_robot.scene import ROBOT_JOINTS
 
     spec = ChainSpec.from_mujoco(model)
     if tuple(spec.joint_names) != tuple(ROBOT_JOINTS):
@@ -93,7 +93,7 @@ def _robot_spec(model: "mujoco.MjModel") -> ChainSpec:
 
 @functools.lru_cache(maxsize=1)
 def _scene_model() -> "mujoco.MjModel":
-    from dexwm_hw.sim.scene import build_model
+    from dexwm_robot.scene import build_model
 
     return build_model()
 
@@ -105,7 +105,7 @@ def _default_spec() -> ChainSpec:
 
 def robot_joint_names() -> tuple[str, ...]:
     """The robot's 23 joints in the project's order (the names recordings and the simulator use)."""
-    from dexwm_hw.sim.scene import ROBOT_JOINTS
+    from dexwm_robot.scene import ROBOT_JOINTS
 
     return tuple(ROBOT_JOINTS)
 

@@ -1,6 +1,6 @@
 """``dexwm_interfaces/HandKeypoints`` <-> numpy, and the mapping of model-crop pixels back to camera pixels.
 
-The message carries the 21-point layout of :mod:`dexwm_model.kinematics.hand_layout` (wrist, then thumb, index,
+The message carries the 21-point layout of :mod:`dexwm_robot.hand_layout` (wrist, then thumb, index,
 middle, ring, little, four points each). Pixels in the message use the camera image's convention of the message
 definition: pixel centres at integer coordinates (u right, v down).
 """
@@ -16,7 +16,7 @@ from geometry_msgs.msg import Point
 from std_msgs.msg import Header
 
 from dexwm_interfaces.msg import HandKeypoints
-from dexwm_model.kinematics.hand_layout import HEATMAP_KEYPOINTS_21, NUM_HAND_KEYPOINTS
+from dexwm_robot.hand_layout import HEATMAP_KEYPOINTS_21, NUM_HAND_KEYPOINTS
 
 # indices of the wrist and the four Allegro fingertips (thumb, index, middle, ring) in the 21-point layout: the
 # points the reach success test compares (dexwm_planner.tasks.success.REACH_SITES order)

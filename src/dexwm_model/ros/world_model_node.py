@@ -30,11 +30,11 @@ from sensor_msgs.msg import Image, JointState
 
 from dexwm_hw.ros import conversions as conv
 from dexwm_hw.ros.controller_common import float_range, int_range, joint_positions
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES
+from dexwm_robot.joint_names import ALL_JOINT_NAMES
 from dexwm_hw.ros.exit_codes import EXIT_CANNOT_RUN
 from dexwm_hw.ros.node_runner import run_node
 from dexwm_interfaces.msg import HandKeypoints, PlanStatus
-from dexwm_model.config import ConfigError, from_dict, load_yaml
+from dexwm_robot.config import ConfigError, from_dict, load_yaml
 from dexwm_model.decoder import decoder_folder
 from dexwm_model.ros.hand_keypoints import crop_pixels_to_image, hand_keypoints_message, heatmap_pixels_to_hand21
 from dexwm_model.ros.images import image_to_rgb

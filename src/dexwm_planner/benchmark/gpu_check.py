@@ -70,7 +70,7 @@ def training_config(out: Path, size: str, dry_run: bool) -> Path:
 
     import yaml
 
-    from dexwm_model.config import load_yaml
+    from dexwm_robot.config import load_yaml
 
     section = copy.deepcopy(load_yaml("train.yaml")["pretrain"])
     if dry_run:
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated stage names to run (default: all)")
     args = parser.parse_args(argv)
 
-    from dexwm_model.config import config_dir
+    from dexwm_robot.config import config_dir
 
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dexwm_model.config import ConfigError, load_section
+from dexwm_robot.config import ConfigError, load_section
 from dexwm_planner.tasks.config import SuccessConfig
 from dexwm_planner.tasks.success import TaskMonitor
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from dexwm_hw.ros.joint_names import ARM_JOINT_NAMES, HAND_JOINT_NAMES  # plain names, no rclpy
+from dexwm_robot.joint_names import ARM_JOINT_NAMES, HAND_JOINT_NAMES  # plain names, no rclpy
 from dexwm_model.kinematics.panda_allegro import NUM_ROBOT_JOINTS
 from dexwm_planner.mpc import check_image
 from dexwm_planner.recording.imagined import fitting_decoder

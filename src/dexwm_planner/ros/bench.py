@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dexwm_model.config import config_dir
+from dexwm_robot.config import config_dir
 
 TINY_MODEL = {"encoder": {"kind": "dexwm_vit", "size": "micro", "image_size": [56, 56], "random_init": True,
                           "seed": 3, "weights": None},

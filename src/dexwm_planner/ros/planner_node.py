@@ -67,12 +67,12 @@ from visualization_msgs.msg import Marker, MarkerArray
 from dexwm_hw.ros import conversions as conv
 from dexwm_hw.ros.controller_common import STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC, float_range, int_range
 from dexwm_hw.ros.exit_codes import EXIT_CANNOT_RUN, EXIT_TASK_FAILED
-from dexwm_hw.ros.joint_names import ALL_JOINT_NAMES, ARM_BASE_FRAME, ARM_JOINT_NAMES, CAMERA_OPTICAL_FRAME, WORLD_FRAME
+from dexwm_robot.joint_names import ALL_JOINT_NAMES, ARM_BASE_FRAME, ARM_JOINT_NAMES, CAMERA_OPTICAL_FRAME, WORLD_FRAME
 from dexwm_hw.ros.node_runner import run_node
 from dexwm_interfaces.action import RunTask
 from dexwm_interfaces.msg import HandKeypoints, PlanStatus
 from dexwm_interfaces.srv import SetGoalFromCamera
-from dexwm_model.config import ConfigError, from_dict, load_yaml
+from dexwm_robot.config import ConfigError, from_dict, load_yaml
 from dexwm_model.ros.hand_keypoints import (
     REACH_POINTS_21,
     continuous_to_message_pixels,

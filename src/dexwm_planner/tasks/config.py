@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dexwm_model.config import ConfigError, load_section
+from dexwm_robot.config import ConfigError, load_section
 
 TASKS = ("reach", "grasp", "place")
 

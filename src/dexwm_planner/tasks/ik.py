@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from dexwm_hw.sim.scene import NUM_JOINTS
+from dexwm_robot.scene import NUM_JOINTS
 from dexwm_planner.tasks.config import IKConfig, load_tasks_config
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dexwm_model.config import config_dir
+from dexwm_robot.config import config_dir
 from dexwm_planner.tasks.config import TASKS, TasksConfig, load_tasks_config
 from dexwm_planner.tasks.episodes import EpisodeSpec, draw_entry, run_episode, solved_at_start, validate_entry
 

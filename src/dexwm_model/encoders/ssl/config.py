@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from dexwm_model.config import ConfigError, load_section
+from dexwm_robot.config import ConfigError, load_section
 
 CONFIG_FILE = "encoder_training.yaml"
 DEVICES = ("auto", "cpu", "cuda")

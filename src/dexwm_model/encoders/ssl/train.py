@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dexwm_model.config import ConfigError
+from dexwm_robot.config import ConfigError
 from dexwm_model.data.episode import EpisodeFormatError
 from dexwm_model.encoders.base import EncoderWeightsMissing
 from dexwm_model.encoders.preprocess import ImagePreprocessor

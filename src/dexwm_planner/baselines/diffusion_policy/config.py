@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dexwm_model.config import ConfigError, from_dict, load_section
+from dexwm_robot.config import ConfigError, from_dict, load_section
 from dexwm_model.encoders.factory import EncoderConfig
 
 CONFIG_FILE = "diffusion_policy.yaml"

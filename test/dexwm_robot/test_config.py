@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from dexwm_model.config import ConfigError, load_section
+from dexwm_robot.config import ConfigError, load_section
 
 
 @dataclass
@@ -48,7 +48,7 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_project_sim_config_loads():
-    from dexwm_hw.sim.scene import load_sim_config
+    from dexwm_robot.scene import load_sim_config
 
     scene, camera = load_sim_config()
     assert len(scene.objects) >= 6 and camera.width > 0

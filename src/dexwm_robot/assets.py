@@ -51,7 +51,7 @@ def robot_model_paths(cache_dir: Path | None = None) -> RobotModelPaths:
         raise RobotModelsMissing(
             "Panda/Allegro MuJoCo models not found: "
             + ", ".join(missing)
-            + ". Run `scripts/setup.sh` (or `python -m dexwm_hw.sim.assets fetch`) with registry access, "
+            + ". Run `scripts/setup.sh` (or `python -m dexwm_robot.assets fetch`) with registry access, "
             "or point DEXWM_MODEL_DIR at a folder holding panda/panda_nohand.xml and allegro/right_hand.xml "
             "with their assets/ mesh folders."
         )
