@@ -23,8 +23,8 @@ from dexwm_model.encoders.projection import TokenProjection
 from dexwm_model.encoders.sim_vit import SimViTBackbone, tensors_sha256
 from dexwm_model.losses.hand_consistency import heatmap_keypoints
 from dexwm_model.predictor.cdit import CDiTPredictor, ContextCache
-from dexwm_model.predictor.config import HandHeadConfig, PredictorConfig
-from dexwm_model.predictor.hand_head import HandHeatmapHead
+from dexwm_model.predictor.config import HandHeadConfig, ObjectHeadConfig, PredictorConfig
+from dexwm_model.predictor.hand_head import HandHeatmapHead, ObjectHeatmapHead
 from dexwm_model.weights_file import BadWeights, check_finite_state, expected_tensors, read_checked_state
 
 CONFIG_NAME = "config.yaml"
@@ -43,6 +43,7 @@ class WorldModelConfig:
     predictor: PredictorConfig
     hand_head: HandHeadConfig
     latent_dim: int  # width of the tokens the predictor reads and writes (= encoder width unless projected)
+    object_head: ObjectHeadConfig | None = None  # optional: object centres read out of latents (planning cost)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -55,7 +56,11 @@ class WorldModelConfig:
         version = data.pop("format_version", None)
         if version != FORMAT_VERSION:
             raise ConfigError(f"{where}: format_version {version!r} is not supported (this code reads {FORMAT_VERSION})")
-        return from_dict(cls, data, where)
+        head = data.pop("object_head", None)
+        cfg = from_dict(cls, data, where)
+        if head is not None:
+            cfg.object_head = from_dict(ObjectHeadConfig, head, f"{where}.object_head")
+        return cfg
 
 
 class WorldModel(nn.Module):
@@ -68,6 +73,16 @@ class WorldModel(nn.Module):
         self.projection = TokenProjection(self.encoder.dim, d)
         self.predictor = CDiTPredictor(config.predictor, d, self.encoder.grid)
         self.hand_head = HandHeatmapHead(config.hand_head, d, self.encoder.grid, self.encoder.image_size)
+        self.object_head = None
+        if config.object_head is not None:
+            self.add_object_head(config.object_head)
+
+    def add_object_head(self, cfg: ObjectHeadConfig, seed: int | None = None) -> None:
+        """Attach a freshly initialised object head (a model trained without one gains it for fine-tuning)."""
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        self.object_head = ObjectHeatmapHead(cfg, self.config.latent_dim, self.encoder.grid, self.encoder.image_size)
+        self.config = dataclasses.replace(self.config, object_head=cfg)
 
     # -- properties ------------------------------------------------------------------------------------------------
     @property
@@ -97,6 +112,12 @@ class WorldModel(nn.Module):
     def hand_keypoints(self, latents: Tensor) -> tuple[Tensor, Tensor]:
         """(B, P, d) -> pixel positions (B, 12, 2) in the encoder's input image and confidences (B, 12)."""
         return heatmap_keypoints(self.hand_head(latents), self.config.hand_head.refine_radius_px)
+
+    def object_keypoints(self, latents: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, P, d) -> object centres (B, M, 2) pixels of the encoder's input image and confidences (B, M)."""
+        if self.object_head is None:
+            raise ValueError("this world model has no object head (train one: train.yaml model.object_head)")
+        return heatmap_keypoints(self.object_head(latents), self.config.object_head.refine_radius_px)
 
     # -- persistence -----------------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:

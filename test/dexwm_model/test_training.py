@@ -296,7 +296,8 @@ def test_train_config_sections_and_errors(tmp_path):
     assert cpu.model.predictor["depth"] == 4 and cpu.model.predictor["width"] in (192, 256)
     assert load_train_config("finetune").rollout_steps >= 2 and load_train_config("pretrain").mode == "pretrain"
     with pytest.raises(ConfigError, match=r"no training section 'nope' \(sections: \['cpu_default', 'cpu_fast', "
-                                          r"'cpu_fast_finetune', 'cpu_fast_handhead', 'finetune', 'pretrain'\]\)"):
+                                          r"'cpu_fast_finetune', 'cpu_fast_handhead', 'cpu_fast_objects', 'finetune', "
+                                          r"'pretrain'\]\)"):
         load_train_config("nope")
     with pytest.raises(ConfigError, match="set exactly one of max_steps and epochs"):
         tiny_config(tmp_path, epochs=2.0)

@@ -34,9 +34,21 @@ def _rot_x(a: float) -> np.ndarray:
     return np.array([[1, 0, 0], [0, c, -s], [0, s, c]], float)
 
 
-def make_moving_episode(n: int, seed: int) -> Episode:
+def object_track(n: int) -> tuple[tuple[str, ...], np.ndarray]:
+    """Two catalogue objects on the table (z = 0) for :func:`make_moving_episode`: ``red_cube`` still at (0.1, 0.1),
+    ``blue_ball`` pushed along x from -0.2 to 0.2 m; poses ``(n, 2, 7)`` (identity orientation)."""
+    poses = np.zeros((n, 2, 7))
+    poses[..., 3] = 1.0
+    poses[:, 0, :2] = (0.1, 0.1)
+    poses[:, 1, 0] = np.linspace(-0.2, 0.2, n)
+    poses[:, 1, 1] = -0.1
+    return ("red_cube", "blue_ball"), poses
+
+
+def make_moving_episode(n: int, seed: int, objects: bool = False) -> Episode:
     """A camera 1 m above the origin looking down; the right hand's 21 keypoints circle the image centre (one
-    revolution per 6 s) at 0.2 m height, each drawn as a bright blob into a fixed noisy background."""
+    revolution per 6 s) at 0.2 m height, each drawn as a bright blob into a fixed noisy background. With
+    ``objects`` the episode also holds :func:`object_track`'s two objects (drawn as 6 px squares)."""
     rng = np.random.default_rng(seed)
     t = np.arange(n) / FPS
     pose = np.tile(np.eye(4), (n, 1, 1))
@@ -56,22 +68,29 @@ def make_moving_episode(n: int, seed: int) -> Episode:
         for j in range(21):
             u, v = int(kp[f, j, 0]), int(kp[f, j, 1])
             frames[f, max(0, v - 2):v + 2, max(0, u - 2):u + 2] = colours[j]
+    names, obj = object_track(n) if objects else ((), np.zeros((n, 0, 7)))
+    for f in range(n):
+        for o in range(len(names)):  # camera looking straight down from 1 m: u = 60 x + 32, v = -60 y + 32
+            u, v = int(60 * obj[f, o, 0] + 32), int(-60 * obj[f, o, 1] + 32)
+            frames[f, max(0, v - 3):v + 3, max(0, u - 3):u + 3] = (250, 30 * o, 30)
     low, high = robot_joint_limits()
     q = np.tile((low + high) / 2, (n, 1))  # joint 0's middle is 0
     q[:, 0] = 2.8 * np.sin(phase)  # the base joint swings with the circle, inside its +-2.9 rad limit
     return Episode(
         meta=EpisodeMeta(robot="panda_allegro_right", scene_seed=seed, episode_kind="reach",
-                         object_layout={}, fps=FPS, generator_version="test/training", camera_name="test"),
+                         object_layout={m: [float(obj[0, o, 0]), float(obj[0, o, 1]), 0.0] for o, m in enumerate(names)},
+                         fps=FPS, generator_version="test/training", camera_name="test"),
         frames=frames, timestamps=t, joint_positions=q, commanded_targets=q, keypoints_world=kw,
         keypoints_camera=kc, keypoints_pixels=kp, camera_intrinsics=K.copy(), camera_pose_world=pose,
-        object_poses=np.zeros((n, 0, 7)), joint_names=robot_joint_names(), object_names=(),
+        object_poses=obj, joint_names=robot_joint_names(), object_names=names,
     )
 
 
-def write_episodes(root: Path, lengths=(40, 40)) -> Path:
+def write_episodes(root: Path, lengths=(40, 40), objects: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for i, n in enumerate(lengths):
-        write_episode(root / f"episode_{i:06d}.h5", make_moving_episode(n, seed=i), WriterConfig("lzf", 1))
+        write_episode(root / f"episode_{i:06d}.h5", make_moving_episode(n, seed=i, objects=objects),
+                      WriterConfig("lzf", 1))
     return root
 
 

@@ -20,6 +20,7 @@ from dexwm_model.actions.trajectory import KeypointTrajectory
 from dexwm_model.datasets.config import ClipConfig
 from dexwm_model.datasets.errors import DatasetFormatError
 from dexwm_model.datasets.keypoints import NUM_HEATMAP_KEYPOINTS
+from dexwm_model.datasets.objects import no_objects, object_catalogue
 from dexwm_model.datasets.sampling import clip_starts, sample_clip, start_slots
 
 Transform = Callable[[dict], dict]
@@ -40,13 +41,17 @@ class LoadedClip:
     """What an adapter returns for the chosen frames of one episode.
 
     ``frames`` (K, H, W, 3) uint8; ``trajectory``: the 42 keypoints and camera poses of exactly these K frames
-    (actions are taken between its consecutive frames); ``keypoints_px`` (K, 12, 2) and ``keypoints_valid`` (K, 12).
+    (actions are taken between its consecutive frames); ``keypoints_px`` (K, 12, 2) and ``keypoints_valid`` (K, 12);
+    ``object_px`` (K, M, 2) / ``object_valid`` (K, M) the catalogue objects' centres
+    (:mod:`dexwm_model.datasets.objects`; None: the source has no object poses).
     """
 
     frames: np.ndarray
     trajectory: KeypointTrajectory
     keypoints_px: np.ndarray
     keypoints_valid: np.ndarray
+    object_px: np.ndarray | None = None
+    object_valid: np.ndarray | None = None
 
 
 class ClipDataset(Dataset):
@@ -191,15 +196,32 @@ class ClipDataset(Dataset):
                                                  f"and {valid.shape}")
         times = entry.times[idx] - entry.times[idx[0]]
         h, w = frames.shape[1:3]
+        obj_px, obj_valid = checked_objects(entry.path, loaded, k)
         return {
             "frames": torch.from_numpy(np.ascontiguousarray(frames)),
             "times": torch.from_numpy(times.astype(np.float32)),
             "actions": actions,
             "keypoints_px": torch.from_numpy(px),
             "keypoints_valid": torch.from_numpy(valid),
+            "object_px": torch.from_numpy(obj_px),
+            "object_valid": torch.from_numpy(obj_valid),
             "hand_loss": bool(self.hand_loss and traj.hand_consistency),
             "source": self.source,
             "episode": entry.name,
             "image_size": (int(h), int(w)),
             "frame_indices": torch.from_numpy(idx.copy()),
         }
+
+
+def checked_objects(path, loaded: LoadedClip, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clip's object keypoints in the catalogue's slots (all invalid when the source has none)."""
+    catalogue = object_catalogue()
+    if loaded.object_px is None:
+        return no_objects(k, catalogue)
+    px = np.asarray(loaded.object_px, dtype=np.float32)
+    valid = np.asarray(loaded.object_valid, dtype=bool)
+    m = len(catalogue)
+    if px.shape != (k, m, 2) or valid.shape != (k, m):
+        raise DatasetFormatError(path, f"object keypoints: expected ({k}, {m}, 2) and ({k}, {m}), found {px.shape} "
+                                       f"and {valid.shape}")
+    return px, valid

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import torch
 
-TENSOR_KEYS = ("frames", "times", "actions", "keypoints_px", "keypoints_valid", "frame_indices")
+TENSOR_KEYS = ("frames", "times", "actions", "keypoints_px", "keypoints_valid", "object_px", "object_valid",
+               "frame_indices")
 LIST_KEYS = ("source", "episode")
 
 

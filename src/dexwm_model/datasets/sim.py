@@ -3,7 +3,8 @@
 The Allegro's 21 keypoints are stored per frame (world, camera and pixel coordinates) together with the camera
 pose; they fill the right-hand slot (left hand zeros, never valid). Actions come from the fixed-camera action
 function (camera part exactly zero) when the episode's camera pose never changes, otherwise from the general
-one. Heat-map pixels are the stored ``keypoints_pixels`` of the wrist and the five tips.
+one. Heat-map pixels are the stored ``keypoints_pixels`` of the wrist and the five tips; object keypoints are the
+stored object centres projected through the episode's camera.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dexwm_model.datasets.base import ClipDataset, EpisodeEntry, LoadedClip, Tra
 from dexwm_model.datasets.config import ClipConfig, SimSourceConfig
 from dexwm_model.datasets.errors import DatasetFormatError
 from dexwm_model.datasets.keypoints import finalize
+from dexwm_model.datasets.objects import object_catalogue, object_pixels
 from dexwm_model.kinematics.hand_layout import HEATMAP_KEYPOINTS_21, NUM_HAND_KEYPOINTS
 
 
@@ -63,6 +65,9 @@ class SimEpisodes(ClipDataset):
             pixels = r.keypoints_pixels[indices]
             all_poses = r.camera_pose_world
             hw = (r.height, r.width)
+            obj_world = r.object_poses[indices][..., :3]
+            obj_names = tuple(r.object_names)
+            intrinsics = r.camera_intrinsics
         k = len(indices)
         kp42 = np.zeros((k, 2 * NUM_HAND_KEYPOINTS, 3))
         kp42[:, NUM_HAND_KEYPOINTS:] = kw
@@ -75,4 +80,6 @@ class SimEpisodes(ClipDataset):
         uv[:, n6:] = pixels[:, list(HEATMAP_KEYPOINTS_21)]
         valid[:, n6:] = True  # behind-camera points are NaN and fail the inside-image test
         px, ok = finalize(uv, valid, hw)
-        return LoadedClip(frames=frames, trajectory=traj, keypoints_px=px, keypoints_valid=ok)
+        obj_px, obj_ok = object_pixels(obj_world, obj_names, object_catalogue(), intrinsics, poses, hw)
+        return LoadedClip(frames=frames, trajectory=traj, keypoints_px=px, keypoints_valid=ok, object_px=obj_px,
+                          object_valid=obj_ok)

@@ -43,11 +43,13 @@ class ClipTransform:
         with torch.no_grad():
             out["frames"] = self.preprocessor(frames, layout="hwc").cpu()
         h, w = self.preprocessor.image_size
-        uv = self.preprocessor.map_pixels(sample["keypoints_px"].to(torch.float64), in_hw).to(torch.float32)
-        inside = (uv[..., 0] >= 0) & (uv[..., 0] < w) & (uv[..., 1] >= 0) & (uv[..., 1] < h)
-        valid = sample["keypoints_valid"] & inside
-        out["keypoints_px"] = uv
-        out["keypoints_valid"] = valid
+        for px_key, valid_key in (("keypoints_px", "keypoints_valid"), ("object_px", "object_valid")):
+            if px_key not in sample:  # object keypoints are optional in a sample
+                continue
+            uv = self.preprocessor.map_pixels(sample[px_key].to(torch.float64), in_hw).to(torch.float32)
+            inside = (uv[..., 0] >= 0) & (uv[..., 0] < w) & (uv[..., 1] >= 0) & (uv[..., 1] < h)
+            out[px_key] = uv
+            out[valid_key] = sample[valid_key] & inside
         out["image_size"] = (int(h), int(w))
         out["source_image_size"] = in_hw
         return out

@@ -80,6 +80,22 @@ class HandHeadConfig:
             raise ConfigError(f"hand_head.refine_radius_px: expected an integer >= 0, found {self.refine_radius_px!r}")
 
 
+@dataclass
+class ObjectHeadConfig(HandHeadConfig):
+    """The object head: one heat-map per catalogue object (``objects``, the slots of the datasets' object keypoints,
+    :func:`dexwm_model.datasets.objects.object_catalogue`), read from the same latents as the hand head."""
+
+    objects: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        names = [str(n) for n in self.objects] if isinstance(self.objects, (list, tuple)) else None
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"object_head.objects: expected a non-empty list of unique object names, found "
+                              f"{self.objects!r}")
+        self.objects = names
+
+
 def load_predictor_config(
     size: str | None = None, file: str | Path = MODEL_CONFIG_FILE, **overrides
 ) -> PredictorConfig:

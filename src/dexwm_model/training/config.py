@@ -132,6 +132,9 @@ class TrainConfig:
     checkpoint_every: int
     keep_checkpoints: int
     hand_head_input: str = "predicted"  # what the hand head learns to read: predicted latents | encoded frames
+    object_head: dict | None = None  # train an object head: overrides of config/model.yaml object_head ({}: none)
+    object_loss: bool = False  # object consistency: the object head's loss on predicted latents too
+    object_lr_scale: float = 1.0  # the object head's learning rate = optim.lr * this
 
     def __post_init__(self) -> None:
         if self.hand_head_input not in HAND_HEAD_INPUTS:
@@ -146,7 +149,12 @@ class TrainConfig:
         if self.mode == "pretrain" and self.rollout_steps != 1:
             raise ConfigError(f"rollout_steps: pretrain predicts one step (set 1), found {self.rollout_steps}; "
                               "use mode: finetune for multi-step prediction")
-        for name in ("hand_loss", "grad_checkpoint", "compile"):
+        if self.object_head is not None and not isinstance(self.object_head, dict):
+            raise ConfigError(f"object_head: expected a mapping of overrides (or null), found {self.object_head!r}")
+        if self.object_loss and self.object_head is None:
+            raise ConfigError("object_loss: true needs object_head (a mapping, {} for config/model.yaml's)")
+        _number("object_lr_scale", self.object_lr_scale, strict=True)
+        for name in ("hand_loss", "grad_checkpoint", "compile", "object_loss"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, found {getattr(self, name)!r}")
         if (self.max_steps is None) == (self.epochs is None):

@@ -101,7 +101,8 @@ def build_clip_data(roots: dict[str, str], datasets_file: str | os.PathLike | Da
 
 
 # ---------------------------------------------------------------------------------------------------- batching
-BATCH_TENSORS = ("latents", "frames", "times", "actions", "keypoints_px", "keypoints_valid", "frame_indices")
+BATCH_TENSORS = ("latents", "frames", "times", "actions", "keypoints_px", "keypoints_valid", "object_px", "object_valid",
+                 "frame_indices")
 
 
 def collate_training(samples: Sequence[dict]) -> dict:

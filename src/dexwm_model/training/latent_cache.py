@@ -7,7 +7,8 @@ the encoder (and image decoding) from every training step. Layout, under a cache
     <root>/<encoder id>/<source>/<episode key>/tokens.npy  float16 (T, P, D): encoder tokens of all T frames
                                               aux.npz     times (T,), keypoints_world (T, 42, 3), camera_poses
                                                           (T, 4, 4), keypoints_px (T, 12, 2) in the encoder's crop,
-                                                          keypoints_valid (T, 12)
+                                                          keypoints_valid (T, 12), object_px (T, M, 2) and
+                                                          object_valid (T, M) (datasets/objects.py)
                                               meta.json   written last: marks the entry complete; source file
                                                           sizes / mtimes to detect a changed episode
 
@@ -32,14 +33,16 @@ import torch
 from torch.utils.data import Dataset
 
 from dexwm_model.actions.trajectory import KeypointTrajectory
-from dexwm_model.datasets.base import ClipDataset, EpisodeEntry
+from dexwm_model.datasets.base import ClipDataset, EpisodeEntry, checked_objects
+from dexwm_model.datasets.objects import no_objects, object_catalogue
 from dexwm_model.datasets.transform import ClipTransform
 from dexwm_model.encoders.base import ImageEncoder
 
 CACHE_FORMAT = "dexwm-latent-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: object keypoints in aux.npz
 TOKENS_FILE, AUX_FILE, META_FILE = "tokens.npy", "aux.npz", "meta.json"
-AUX_KEYS = ("times", "keypoints_world", "camera_poses", "keypoints_px", "keypoints_valid")
+AUX_KEYS = ("times", "keypoints_world", "camera_poses", "keypoints_px", "keypoints_valid", "object_px",
+            "object_valid")
 
 
 class LatentCacheError(RuntimeError):
@@ -157,15 +160,18 @@ class LatentCache:
         poses = np.zeros((n, 4, 4), np.float64)
         px = np.zeros((n, 12, 2), np.float32)
         valid = np.zeros((n, 12), bool)
+        obj_px, obj_valid = no_objects(n, object_catalogue())
         hand_consistency, fixed_camera, traj_source = True, True, None
         source_hw = None
         try:
             for lo in range(0, n, batch):
                 idx = np.arange(lo, min(n, lo + batch), dtype=np.int64)
                 loaded = dataset._load(entry, idx)
+                o_px, o_valid = checked_objects(entry.path, loaded, len(idx))
                 clip = transform({"frames": torch.from_numpy(np.ascontiguousarray(loaded.frames)),
                                   "keypoints_px": torch.as_tensor(np.asarray(loaded.keypoints_px, np.float32)),
-                                  "keypoints_valid": torch.as_tensor(np.asarray(loaded.keypoints_valid, bool))})
+                                  "keypoints_valid": torch.as_tensor(np.asarray(loaded.keypoints_valid, bool)),
+                                  "object_px": torch.from_numpy(o_px), "object_valid": torch.from_numpy(o_valid)})
                 with torch.no_grad():
                     out = encoder.encode_pixels(clip["frames"].to(device)).to("cpu", torch.float16).numpy()
                 if tokens is None:
@@ -177,6 +183,8 @@ class LatentCache:
                 poses[idx] = traj.camera_poses.to(torch.float64).numpy()
                 px[idx] = clip["keypoints_px"].numpy()
                 valid[idx] = clip["keypoints_valid"].numpy()
+                obj_px[idx] = clip["object_px"].numpy()
+                obj_valid[idx] = clip["object_valid"].numpy()
                 hand_consistency &= bool(traj.hand_consistency)
                 fixed_camera &= bool(traj.fixed_camera)
                 traj_source = traj.source
@@ -184,7 +192,8 @@ class LatentCache:
             tokens.flush()
             del tokens
             np.savez(tmp / AUX_FILE, times=np.asarray(entry.times, np.float64), keypoints_world=kw,
-                     camera_poses=poses, keypoints_px=px, keypoints_valid=valid)
+                     camera_poses=poses, keypoints_px=px, keypoints_valid=valid, object_px=obj_px,
+                     object_valid=obj_valid)
             meta = {"format": CACHE_FORMAT, "format_version": CACHE_VERSION, "encoder_id": self.encoder_id,
                     "source": dataset.source, "episode": entry.name, "num_frames": n,
                     "hand_consistency": hand_consistency, "fixed_camera": fixed_camera,
@@ -332,6 +341,8 @@ class LatentClipDataset(Dataset):
             "actions": actions,
             "keypoints_px": torch.from_numpy(aux["keypoints_px"][idx].copy()),
             "keypoints_valid": torch.from_numpy(aux["keypoints_valid"][idx].copy()),
+            "object_px": torch.from_numpy(aux["object_px"][idx].copy()),
+            "object_valid": torch.from_numpy(aux["object_valid"][idx].copy()),
             "hand_loss": bool(self.source_dataset.hand_loss and ep.meta["hand_consistency"]),
             "source": self.source,
             "episode": entry.name,

@@ -6,9 +6,11 @@ import dataclasses
 
 import torch
 
-from dexwm_model.config import ConfigError
+from dexwm_model.config import ConfigError, from_dict, load_yaml
+from dexwm_model.datasets.objects import object_catalogue
 from dexwm_model.encoders.factory import build_encoder, load_encoder_config
-from dexwm_model.predictor.config import load_hand_head_config, load_predictor_config
+from dexwm_model.predictor.config import (MODEL_CONFIG_FILE, ObjectHeadConfig, load_hand_head_config,
+                                         load_predictor_config)
 from dexwm_model.training.config import ModelSpec
 from dexwm_model.world_model import WorldModel, WorldModelConfig
 
@@ -36,6 +38,16 @@ def world_model_config(spec: ModelSpec) -> tuple[WorldModelConfig, object]:
     return WorldModelConfig(encoder=enc_cfg, predictor=pred_cfg, hand_head=hand_cfg, latent_dim=latent), encoder
 
 
+def object_head_config(overrides: dict) -> ObjectHeadConfig:
+    """``config/model.yaml`` ``object_head`` with ``overrides``; its objects are the scene's catalogue."""
+    base = load_yaml(MODEL_CONFIG_FILE).get("object_head")
+    if not isinstance(base, dict):
+        raise ConfigError(f"{MODEL_CONFIG_FILE}: missing section 'object_head'")
+    data = {**base, **overrides}
+    data.setdefault("objects", list(object_catalogue()))
+    return from_dict(ObjectHeadConfig, data, f"{MODEL_CONFIG_FILE}:object_head")
+
+
 def build_world_model(spec: ModelSpec, seed: int = 0) -> WorldModel:
     """A freshly initialised world model (predictor, head and projection drawn from ``seed``)."""
     cfg, encoder = world_model_config(spec)
@@ -57,5 +69,7 @@ def describe(model: WorldModel) -> dict:
                                                                       "max_context")},
                           "parameters": count(model.predictor)},
             "hand_head": {**{k: getattr(cfg.hand_head, k) for k in ("depth", "width", "heads", "loss_weight")},
-                          "parameters": count(model.hand_head)}}
+                          "parameters": count(model.hand_head)},
+            "object_head": ({"objects": list(cfg.object_head.objects), "loss_weight": cfg.object_head.loss_weight,
+                             "parameters": count(model.object_head)} if model.object_head is not None else None)}
 

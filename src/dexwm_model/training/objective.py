@@ -10,6 +10,11 @@ Loss = latent MSE + lambda * hand-consistency loss of the hand head applied to t
 ``hand_head.loss_weight`` of the model). Keypoints that are invalid, outside the crop, or belong to samples with
 ``hand_loss`` False (DROID) are masked out. With ``hand_loss=False`` (the ablation) the head still learns to read
 keypoints, but from detached predictions: the predictor's gradient then comes from the latent MSE alone.
+
+A model with an object head adds ``object_head.loss_weight`` * (the head's heat-map loss on the encoded target
+frames -- the read-out the planner uses on observed and goal images -- plus, with ``object_loss``, the same loss
+on the predicted latents: object consistency, whose gradient makes the predictor carry where the objects go).
+Object keypoints come from the datasets' ``object_px`` / ``object_valid`` (sources without objects: all invalid).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ PIXEL_CENTRE_OFFSET = 0.5
 
 class WorldModelObjective(nn.Module):
     def __init__(self, model: WorldModel, mode: str, targets: str = "last", rollout_steps: int = 1,
-                 hand_loss: bool = True, train_projection: bool = False, hand_head_input: str = "predicted") -> None:
+                 hand_loss: bool = True, train_projection: bool = False, hand_head_input: str = "predicted",
+                 object_loss: bool = False) -> None:
         super().__init__()
         if hand_head_input not in ("predicted", "encoded"):
             raise ValueError(f"hand_head_input must be 'predicted' or 'encoded', found {hand_head_input!r}")
@@ -42,6 +48,12 @@ class WorldModelObjective(nn.Module):
         self.train_projection = bool(train_projection) and not model.projection.is_identity
         self.hand_weight = float(model.config.hand_head.loss_weight)
         self.sigma = float(model.config.hand_head.sigma_px)
+        obj = model.config.object_head
+        if object_loss and obj is None:
+            raise ValueError("object_loss needs a model with an object head (train.yaml object_head)")
+        self.object_loss = bool(object_loss)
+        self.object_weight = float(obj.loss_weight) if obj is not None else 0.0
+        self.object_sigma = float(obj.sigma_px) if obj is not None else 0.0
 
     # ------------------------------------------------------------------------------------------------ inputs
     def latents(self, batch: dict) -> Tensor:
@@ -101,9 +113,22 @@ class WorldModelObjective(nn.Module):
             heat = self.model.hand_head(pred if self.hand_loss else pred.detach())
         hand = hand_consistency_loss(heat, uv, valid, self.sigma)
         total = lat + self.hand_weight * hand
-        return {"total": total, "latent": lat.detach(), "hand": hand.detach(),
-                "keypoints": valid.sum().detach().to(torch.float32),
-                "predictions": torch.tensor(float(b * n_t), device=z.device)}
+        out = {"latent": lat.detach(), "hand": hand.detach(), "keypoints": valid.sum().detach().to(torch.float32),
+               "predictions": torch.tensor(float(b * n_t), device=z.device)}
+        if self.model.object_head is not None:
+            if "object_px" not in batch:
+                raise ValueError("the model has an object head but the batch has no object keypoints ('object_px')")
+            ouv = batch["object_px"][:, target_idx].flatten(0, 1).to(torch.float32) - PIXEL_CENTRE_OFFSET
+            ovalid = batch["object_valid"][:, target_idx].flatten(0, 1)
+            read = hand_consistency_loss(self.model.object_head(true.detach()), ouv, ovalid, self.object_sigma)
+            obj = read
+            if self.object_loss:
+                obj = obj + hand_consistency_loss(self.model.object_head(pred), ouv, ovalid, self.object_sigma)
+            total = total + self.object_weight * obj
+            out["object"] = read.detach()
+            out["objects"] = ovalid.sum().detach().to(torch.float32)
+        out["total"] = total
+        return out
 
     def _all_targets(self, z: Tensor, times: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Teacher forcing on every frame: target j (1..K-1) sees frames 0..j-1 in the last j of C = K-1 slots."""

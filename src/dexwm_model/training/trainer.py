@@ -35,6 +35,7 @@ from dexwm_model.training.config import TrainConfig, default_cache_dir, train_co
 from dexwm_model.training.data import ClipData, StepBatchSampler, build_clip_data, collate_training
 from dexwm_model.training.distributed import DistInfo, gather_objects, parameter_digest, setup, teardown
 from dexwm_model.training.model import build_world_model, describe
+from dexwm_model.training.model import object_head_config
 from dexwm_model.training.objective import WorldModelObjective
 from dexwm_model.world_model import WorldModel
 
@@ -217,8 +218,11 @@ def _train(req: TrainRequest, info: DistInfo) -> dict:
     context = cfg.data.context_frames or datasets_config(cfg.data.datasets, None).clip.context_frames
     if context > mc:
         raise ConfigError(f"data.context_frames: {context} context frames exceed the predictor's max_context {mc}")
+    if cfg.object_head is not None and model.object_head is None:
+        model.add_object_head(object_head_config(cfg.object_head), seed=cfg.seed)
+        model.object_head.to(device).train()
     objective = WorldModelObjective(model, cfg.mode, cfg.targets, cfg.rollout_steps, cfg.hand_loss,
-                                    train_projection, cfg.hand_head_input)
+                                    train_projection, cfg.hand_head_input, cfg.object_loss)
     clip_frames = objective.required_frames(context)
     cache_dir = req.cache_dir or cfg.data.cache_dir or default_cache_dir()
     data: ClipData = build_clip_data(req.roots, cfg.data.datasets, clip_frames, model.encoder, device,
@@ -249,8 +253,12 @@ def _train(req: TrainRequest, info: DistInfo) -> dict:
         runner = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None,
                                          forward_sync_buffers=False)
     trainable = [m for m in (model.projection, model.predictor, model.hand_head)]
-    opt = torch.optim.AdamW(param_groups(trainable, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                            betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    groups = param_groups(trainable, cfg.optim.weight_decay)
+    if model.object_head is not None:  # a new head may learn faster than the pre-trained predictor it reads
+        groups += [{**g, "lr": cfg.optim.lr * cfg.object_lr_scale}
+                   for g in param_groups([model.object_head], cfg.optim.weight_decay)]
+    opt = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    zero = torch.zeros((), device=device)
     params = [p for g in opt.param_groups for p in g["params"]]
     floor = cfg.optim.min_lr / cfg.optim.lr
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -284,7 +292,7 @@ def _train(req: TrainRequest, info: DistInfo) -> dict:
     t_run = time.perf_counter()
     t_log, samples_since_log, last_record = time.perf_counter(), 0, None
     timed_samples, timed_seconds = 0, 0.0
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums = torch.zeros(4, dtype=torch.float64)
     counted = 0  # finite steps summed into sums since the last log line
     skipped, skipped_in_row = 0, 0
     while step < total:
@@ -297,7 +305,7 @@ def _train(req: TrainRequest, info: DistInfo) -> dict:
         it = iter(loader)
         for _ in range(sampler.steps - sampler.start_step):
             t_step = time.perf_counter()
-            step_sums = torch.zeros(3, dtype=torch.float64)
+            step_sums = torch.zeros(4, dtype=torch.float64)
             for a in range(accum):
                 batch = _to_device(next(it), device)
                 sync = a == accum - 1
@@ -305,7 +313,8 @@ def _train(req: TrainRequest, info: DistInfo) -> dict:
                 with ctx, torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                     losses = runner(batch)
                 (losses["total"] / accum).backward()
-                step_sums += torch.stack([losses["total"].detach(), losses["latent"], losses["hand"]]).double().cpu()
+                step_sums += torch.stack([losses["total"].detach(), losses["latent"], losses["hand"],
+                                          losses.get("object", zero)]).double().cpu()
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             lr = opt.param_groups[0]["lr"]
@@ -342,7 +351,8 @@ def _train(req: TrainRequest, info: DistInfo) -> dict:
                 now = time.perf_counter()
                 losses_of = (lambda i: float(mean[i])) if counted else (lambda i: None)  # None: every step skipped
                 record = {"step": step, "epoch": epoch, "lr": lr, "loss": losses_of(0), "latent": losses_of(1),
-                          "hand": losses_of(2), "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                          "hand": losses_of(2), **({"object": losses_of(3)} if model.object_head is not None else {}),
+                          "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
                           "samples_per_s": samples_since_log / max(now - t_log, 1e-9)}
                 last_record = record
                 if writers is not None:
