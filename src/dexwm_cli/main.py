@@ -14,23 +14,23 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dexwm_planner.tasks.cli_demo", "run the scripted demonstrator on one task episode in simulation"),
     "suite": ("dexwm_planner.tasks.cli_suite", "generate / check the fixed reach, grasp and place suites"),
-    "data sim": ("dexwm_model.data.cli_sim", "generate exploratory robot episodes in the simulator"),
+    "data sim": ("dexwm_cli.data_sim", "generate exploratory robot episodes in the simulator"),
     "data check": ("dexwm_model.data.cli_check", "validate episodes written in our dataset format"),
     "train encoder": ("dexwm_model.encoders.ssl.train", "train the dexwm_vit image encoder (MAE) on sim episodes"),
     "train decoder": ("dexwm_model.decoder.train", "train the latent -> image decoder on frozen encoder tokens"),
     "train diffusion-policy": ("dexwm_planner.baselines.diffusion_policy.train",
                                "train the goal-image Diffusion Policy baseline on robot episodes (hindsight goals)"),
     "bench sim": ("dexwm_hw.sim.bench", "measure simulator physics steps/s and render fps (JSON)"),
-    "bench sim-node": ("dexwm_hw.ros.bench", "measure the sim ROS node's achieved control and camera rates (JSON)"),
+    "bench sim-node": ("dexwm_ros.sim_node_bench", "measure the sim ROS node's achieved control and camera rates (JSON)"),
     "bench fk": ("dexwm_model.kinematics.bench", "measure batched forward-kinematics calls/s and joint-vectors/s (JSON)"),
     "bench plan": ("dexwm_planner.planners.bench", "time CEM/MPPI planning per iteration and replan vs the reference pattern (JSON)"),
     "bench diagnose": ("dexwm_planner.benchmark.diagnose", "score the demonstration, holding still and random plans under the planning cost: model vs search failure (JSON)"),
     "bench tasks": ("dexwm_planner.benchmark.cli", "closed-loop MPC (or baseline) success rates on the task suites, with recordings (JSON)"),
-    "launch": ("dexwm_hw.launch_graph.cli", "start a task's ROS 2 graph (sim or real backend) and watch it"),
+    "launch": ("dexwm_ros.launch_graph.cli", "start a task's ROS 2 graph (sim or real backend) and watch it"),
     "train world-model": ("dexwm_model.training.cli", "train / fine-tune the latent world model (DDP-capable)"),
     "eval": ("dexwm_model.evaluation.cli", "open-loop world-model evaluation: latent error and hand PCK per step"),
-    "record": ("dexwm_hw.bags.cli_record", "record the run's topics into a rosbag2 bag (MCAP, zstd)"),
-    "replay": ("dexwm_hw.bags.cli_replay", "republish a bag's raw messages with the recorded timing"),
+    "record": ("dexwm_ros.bags.cli_record", "record the run's topics into a rosbag2 bag (MCAP, zstd)"),
+    "replay": ("dexwm_ros.bags.cli_replay", "republish a bag's raw messages with the recorded timing"),
 }
 
 

@@ -143,7 +143,7 @@ def test_description_node_serves_the_urdf_latched_and_the_joints_on_tf(tmp_path)
     from std_msgs.msg import String
     from tf2_msgs.msg import TFMessage
 
-    from dexwm_hw.ros.conversions import quaternion_to_rotation
+    from dexwm_ros.conversions import quaternion_to_rotation
 
     domain = 191
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")

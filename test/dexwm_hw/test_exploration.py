@@ -13,6 +13,7 @@ from dexwm_hw.sim import exploration as ex
 from dexwm_hw.sim.robot import PandaAllegroSim
 from dexwm_robot.config import ConfigError, config_dir
 from dexwm_model.data.episode import EpisodeReader, read_episode
+from dexwm_planner.tasks import demonstrator
 from dexwm_robot.hand_layout import ALLEGRO_TO_HAND21
 
 
@@ -98,8 +99,8 @@ def test_hand_only_episode_keeps_arm_still(sim, ik):
     assert np.ptp(ep.joint_positions[:, 8:11], axis=0).max() > 0.3  # index finger flexion opened / closed
 
 
-def test_lift_replay_adds_noise_to_demonstrated_waypoints(sim, ik, monkeypatch):
-    # the scripted demonstrator is another module; here a stand-in plan exercises the replay machinery
+def test_lift_replay_adds_noise_to_demonstrated_waypoints(sim, ik):
+    # the scripted demonstrator is another layer's, passed in; here a stand-in plan exercises the replay machinery
     calls = []
 
     def plan_lift(s, name, rng):
@@ -114,9 +115,8 @@ def test_lift_replay_adds_noise_to_demonstrated_waypoints(sim, ik, monkeypatch):
         closed[7:] = s.joint_high[7:] * 0.6
         return [lowered, closed, home]
 
-    monkeypatch.setattr(ex, "_load_plan_lift", lambda: plan_lift)
     cfg = short_config(lift_replay=1.0)
-    ep = ex.generate_episode(sim, ik, 5, cfg, index=5)
+    ep = ex.generate_episode(sim, ik, 5, cfg, index=5, plan_lift=plan_lift)
     ep.validate()
     assert ep.meta.episode_kind == "lift_replay" and len(calls) == 2
     assert ep.meta.extra["object"] == calls[1] and ep.meta.extra["waypoints"] == 3
@@ -127,13 +127,13 @@ def test_lift_replay_adds_noise_to_demonstrated_waypoints(sim, ik, monkeypatch):
     assert 0 < np.abs(dev[:7]).max() < 5 * cfg.lift_replay.arm_noise_std  # noisy, but close to the plan
     assert np.abs(dev[7:]).max() > 0
 
-    monkeypatch.setattr(ex, "_load_plan_lift", lambda: (lambda s, n, r: None))
-    ep = ex.generate_episode(sim, ik, 6, cfg, index=6)
+    ep = ex.generate_episode(sim, ik, 6, cfg, index=6, plan_lift=lambda s, n, r: None)
     assert ep.meta.episode_kind == "reach" and ep.meta.extra["fallback_from"] == "lift_replay"
 
 
 def test_lift_replay_with_the_real_demonstrator(sim, ik):
-    ep = ex.generate_episode(sim, ik, 2, short_config(lift_replay=1.0), index=2)
+    ep = ex.generate_episode(sim, ik, 2, short_config(lift_replay=1.0), index=2,
+                             plan_lift=demonstrator.plan_lift)
     ep.validate()
     if ep.meta.episode_kind == "lift_replay":
         assert ep.meta.extra["object"] in sim.object_names and ep.meta.extra["waypoints"] > 0
@@ -243,7 +243,7 @@ def test_output_does_not_depend_on_worker_count(tmp_path):
         np.testing.assert_array_equal(a.object_poses, b.object_poses)
 
 
-def test_config_errors_are_specific(sim, monkeypatch, tmp_path):
+def test_config_errors_are_specific(sim, ik, tmp_path):
     with pytest.raises(ConfigError, match=r"exploration.mix: unknown episode kind\(s\) \['dance'\]"):
         dataclasses.replace(short_config(), mix={"dance": 1.0})
     with pytest.raises(ConfigError, match="shares must be >= 0 with a positive sum"):
@@ -251,9 +251,7 @@ def test_config_errors_are_specific(sim, monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"record_fps = 3.0 Hz must divide the controller rate 20.0 Hz"):
         ex.ticks_per_frame(sim, 3.0)
 
-    def missing():
-        raise ImportError("No module named 'dexwm_planner.tasks.demonstrator'")
-
-    monkeypatch.setattr(ex, "_load_plan_lift", missing)
     with pytest.raises(ex.DemonstratorUnavailable, match=r"needs the scripted demonstrator .* set that share to 0"):
-        ex.generate(tmp_path / "never", 1, cfg=short_config(lift_replay=1.0), progress=False)
+        ex.generate(tmp_path / "never", 1, cfg=short_config(lift_replay=1.0), progress=False)  # no plan_lift given
+    with pytest.raises(ex.DemonstratorUnavailable, match=r"needs the scripted demonstrator .* set that share to 0"):
+        ex.generate_episode(sim, ik, 2, short_config(lift_replay=1.0))

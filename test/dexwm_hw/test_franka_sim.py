@@ -105,7 +105,7 @@ def test_arm_controller_node_on_the_libfranka_backend(franka_sim, tmp_path):
     from sensor_msgs.msg import JointState
     from trajectory_msgs.msg import JointTrajectory
 
-    from dexwm_hw.ros.controller_common import COMMAND_QOS, COMMAND_TOPIC, command_message
+    from dexwm_ros.controller_common import COMMAND_QOS, COMMAND_TOPIC, command_message
     from dexwm_robot.joint_names import ALL_JOINT_NAMES, ARM_JOINT_NAMES
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",

@@ -5,8 +5,9 @@ fine-tuning data:
 
 * ``reach``: the arm visits several random reachable targets above the objects or the table, palm roughly down,
   each with a random hand pose (IK: damped least squares on the palm-centre site, :class:`ArmIK`);
-* ``lift_replay``: a verified scripted lift from the demonstrator (``dexwm_planner.tasks.demonstrator.plan_lift``)
-  replayed with Gaussian noise on every waypoint;
+* ``lift_replay``: a verified scripted lift from the demonstrator replayed with Gaussian noise on every waypoint.
+  The demonstrator belongs to the planner layer above this one, so the caller passes it in (``plan_lift``; ``dexwm
+  data sim`` gives ``dexwm_planner.tasks.demonstrator.plan_lift``);
 * ``hand_only``: the arm holds still while the hand opens and closes.
 
 Frames are recorded at ``record_fps`` while the robot moves. Episode ``i`` depends only on the seed
@@ -23,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -57,8 +58,12 @@ _ABDUCTION = [0, 4, 8]  # index, middle, ring spread
 _THUMB_ROTATION = 12
 
 
+# ``plan_lift(sim, object_name, rng) -> list of 23-joint waypoints | None``: a verified scripted lift of one object
+PlanLift = Callable[[PandaAllegroSim, str, np.random.Generator], "Sequence[np.ndarray] | None"]
+
+
 class DemonstratorUnavailable(RuntimeError):
-    """``lift_replay`` episodes were asked for but the scripted demonstrator cannot be imported."""
+    """``lift_replay`` episodes were asked for but no scripted demonstrator (``plan_lift``) was given."""
 
 
 class SimulationUnstable(RuntimeError):
@@ -398,13 +403,6 @@ def ticks_per_frame(sim: PandaAllegroSim, record_fps: float) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ episodes
-def _load_plan_lift() -> Callable:
-    """The scripted demonstrator's ``plan_lift(sim, object_name, rng) -> list[23-joint waypoint] | None``."""
-    from dexwm_planner.tasks.demonstrator import plan_lift
-
-    return plan_lift
-
-
 def _run_reach(sim, ik, rng, cfg, rec: _Recorder) -> dict:
     c = cfg.reach
     n = _integer(rng, c.waypoints)
@@ -440,10 +438,12 @@ def _run_hand_only(sim, ik, rng, cfg, rec_factory, seed, layout) -> tuple[_Recor
     return rec, {"cycles": cycles, "arm_from_ik": arm_from_ik}
 
 
-def _run_lift_replay(sim, rng, cfg, seed, layout, rec_factory, plans: dict) -> tuple[_Recorder, dict] | None:
+def _run_lift_replay(sim, rng, cfg, seed, layout, rec_factory, plans: dict,
+                     plan_lift: PlanLift | None) -> tuple[_Recorder, dict] | None:
     """``plans`` caches the demonstrator's answer per object across retries of the same episode."""
     c = cfg.lift_replay
-    plan_lift = _load_plan_lift()
+    if plan_lift is None:
+        raise DemonstratorUnavailable(_no_demonstrator(cfg))
     order = [sim.object_names[i] for i in rng.permutation(len(sim.object_names))[: c.objects_tried]]
     for name in order:
         sim.reset(seed, object_layout=layout)
@@ -475,8 +475,10 @@ def _run_lift_replay(sim, rng, cfg, seed, layout, rec_factory, plans: dict) -> t
 
 
 def generate_episode(sim: PandaAllegroSim, ik: ArmIK, seed: int, cfg: ExplorationConfig,
-                     index: int | None = None) -> Episode:
+                     index: int | None = None, plan_lift: PlanLift | None = None) -> Episode:
     """One exploratory episode from scratch; a pure function of ``seed`` and ``cfg`` (the simulator is reset).
+
+    ``plan_lift``: the scripted demonstrator, needed when the seed draws a ``lift_replay`` episode.
 
     The kind and the object layout come from ``seed``. Should the physics diverge (MuJoCo's bad-acceleration
     warning), the motion is drawn again from the stream ``(seed, attempt)``, up to ``unstable_retries`` times.
@@ -489,7 +491,7 @@ def generate_episode(sim: PandaAllegroSim, ik: ArmIK, seed: int, cfg: Exploratio
     for attempt in range(cfg.unstable_retries + 1):
         rng = base if attempt == 0 else np.random.default_rng([seed, attempt])
         try:
-            episode = _episode_attempt(sim, ik, seed, cfg, kind, layout, rng, plans)
+            episode = _episode_attempt(sim, ik, seed, cfg, kind, layout, rng, plans, plan_lift)
         except SimulationUnstable as exc:
             failures.append(str(exc))
             continue
@@ -502,7 +504,7 @@ def generate_episode(sim: PandaAllegroSim, ik: ArmIK, seed: int, cfg: Exploratio
 
 
 def _episode_attempt(sim: PandaAllegroSim, ik: ArmIK, seed: int, cfg: ExplorationConfig, kind: str,
-                     layout: dict, rng: np.random.Generator, plans: dict) -> Episode:
+                     layout: dict, rng: np.random.Generator, plans: dict, plan_lift: PlanLift | None) -> Episode:
     every = ticks_per_frame(sim, cfg.record_fps)
     sim.reset(seed, object_layout=layout)
 
@@ -512,7 +514,7 @@ def _episode_attempt(sim: PandaAllegroSim, ik: ArmIK, seed: int, cfg: Exploratio
     extra: dict = {"record_every_ticks": every}
     recorded_kind = kind
     if kind == "lift_replay":
-        result = _run_lift_replay(sim, rng, cfg, seed, layout, fresh_recorder, plans)
+        result = _run_lift_replay(sim, rng, cfg, seed, layout, fresh_recorder, plans, plan_lift)
         if result is None:
             extra["fallback_from"] = "lift_replay"
             recorded_kind = "reach"
@@ -537,16 +539,17 @@ def _episode_attempt(sim: PandaAllegroSim, ik: ArmIK, seed: int, cfg: Exploratio
 _WORKER: dict = {}
 
 
-def _worker_init(cfg: ExplorationConfig, writer: WriterConfig) -> None:
+def _worker_init(cfg: ExplorationConfig, writer: WriterConfig, plan_lift: PlanLift | None) -> None:
     sim = PandaAllegroSim()
-    _WORKER.update(sim=sim, ik=ArmIK(sim.model, cfg.ik, sim.scene_cfg.table_height), cfg=cfg, writer=writer)
+    _WORKER.update(sim=sim, ik=ArmIK(sim.model, cfg.ik, sim.scene_cfg.table_height), cfg=cfg, writer=writer,
+                   plan_lift=plan_lift)
 
 
 def _worker_episode(task: tuple[int, int, str]) -> dict:
     index, seed, path = task
     t0 = time.perf_counter()
     try:
-        episode = generate_episode(_WORKER["sim"], _WORKER["ik"], seed, _WORKER["cfg"], index)
+        episode = generate_episode(_WORKER["sim"], _WORKER["ik"], seed, _WORKER["cfg"], index, _WORKER["plan_lift"])
     except SimulationUnstable as exc:
         return {"index": index, "kind": None, "frames": 0, "bytes": 0, "sim_seconds": time.perf_counter() - t0,
                 "write_seconds": 0.0, "lifted": None, "retries": None, "error": str(exc)}
@@ -569,8 +572,12 @@ def _valid_seed(path: Path) -> int | None:
 
 def generate(out_dir: str | os.PathLike, episodes: int, workers: int = 1, seed: int | None = None,
              cfg: ExplorationConfig | None = None, writer: WriterConfig | None = None,
-             progress: bool = True) -> dict:
-    """Generate episodes ``0..episodes-1`` into ``out_dir`` (resumable). Returns a JSON-able summary."""
+             progress: bool = True, plan_lift: PlanLift | None = None) -> dict:
+    """Generate episodes ``0..episodes-1`` into ``out_dir`` (resumable). Returns a JSON-able summary.
+
+    ``plan_lift``: the scripted demonstrator, required when ``cfg.mix`` gives ``lift_replay`` a share; with worker
+    processes it must be picklable (a module-level function).
+    """
     from tqdm import tqdm
 
     if episodes < 1:
@@ -580,14 +587,8 @@ def generate(out_dir: str | os.PathLike, episodes: int, workers: int = 1, seed: 
     cfg = cfg or load_exploration_config()
     writer = writer or load_writer_config()
     base_seed = cfg.base_seed if seed is None else int(seed)
-    if cfg.kind_probability("lift_replay") > 0:
-        try:
-            _load_plan_lift()
-        except ImportError as exc:
-            raise DemonstratorUnavailable(
-                f"exploration.mix.lift_replay = {cfg.mix.get('lift_replay')} needs the scripted demonstrator "
-                f"(dexwm_planner.tasks.demonstrator.plan_lift), which cannot be imported ({exc}); set that share "
-                "to 0 in config/data.yaml to generate without it") from exc
+    if cfg.kind_probability("lift_replay") > 0 and plan_lift is None:
+        raise DemonstratorUnavailable(_no_demonstrator(cfg))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -612,7 +613,7 @@ def generate(out_dir: str | os.PathLike, episodes: int, workers: int = 1, seed: 
     bar = tqdm(total=len(tasks), unit="ep", desc="data sim", disable=not progress, dynamic_ncols=True)
     try:
         if tasks and (workers == 1 or len(tasks) == 1):
-            _worker_init(cfg, writer)
+            _worker_init(cfg, writer, plan_lift)
             try:
                 for task in tasks:
                     results.append(_worker_episode(task))
@@ -623,7 +624,8 @@ def generate(out_dir: str | os.PathLike, episodes: int, workers: int = 1, seed: 
                 _WORKER.clear()
         elif tasks:
             ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init, initargs=(cfg, writer)) as pool:
+            with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init,
+                          initargs=(cfg, writer, plan_lift)) as pool:
                 for r in pool.imap_unordered(_worker_episode, tasks, chunksize=1):
                     results.append(r)
                     bar.update(1)
@@ -648,6 +650,12 @@ def generate(out_dir: str | os.PathLike, episodes: int, workers: int = 1, seed: 
         "write_seconds": round(sum(r["write_seconds"] for r in results), 3),
         "compression": writer.compression, "record_fps": cfg.record_fps,
     }
+
+
+def _no_demonstrator(cfg: ExplorationConfig) -> str:
+    return (f"exploration.mix.lift_replay = {cfg.mix.get('lift_replay')} needs the scripted demonstrator (plan_lift, "
+            "e.g. dexwm_planner.tasks.demonstrator.plan_lift), and none was given; set that share to 0 in "
+            "config/data.yaml to generate without it")
 
 
 def summary_json(summary: dict) -> str:

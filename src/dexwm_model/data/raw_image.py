@@ -1,6 +1,6 @@
 """The pixels of a raw ``sensor_msgs/Image``, checked by the message's own rules (no ROS import).
 
-One place for the rule every image reader follows — the ROS nodes (``dexwm_hw.ros.conversions``) and the rosbag
+One place for the rule every image reader follows — the ROS nodes (``dexwm_ros.conversions``) and the rosbag
 dataset reader alike: ``encoding`` is a known name, ``step`` (the row length in bytes) is at least ``width x
 channels x bytes per channel``, and ``data`` holds exactly ``step x height`` bytes. An image with too few or too many
 bytes is refused, never reinterpreted (three times the bytes of a ``mono8`` image are an RGB image mislabelled).

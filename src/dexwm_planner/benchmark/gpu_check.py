@@ -74,7 +74,7 @@ def training_config(out: Path, size: str, dry_run: bool) -> Path:
 
     section = copy.deepcopy(load_yaml("train.yaml")["pretrain"])
     if dry_run:
-        from dexwm_planner.ros.bench import TINY_MODEL
+        from dexwm_planner.benchmark.tiny_model import TINY_MODEL
 
         section["model"] = copy.deepcopy(TINY_MODEL)
     else:

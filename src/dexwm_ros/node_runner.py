@@ -1,0 +1,117 @@
+"""The one ``main`` of our nodes: init, spin until SIGINT/SIGTERM (or the node says it is done), close, exit code.
+
+Signals only set a flag that the spin loop checks between callbacks (every ``POLL_S`` at the latest). Letting
+Python raise ``KeyboardInterrupt`` wherever the main thread happens to be (rclpy's default) can interrupt the
+executor half-way through building a ``Task``; the half-built object then prints a traceback when it is collected
+at exit, and a node under a launch file looks as if it crashed. Here nothing is interrupted: the node's ``close()``
+runs, the executor is shut down and the node destroyed before rclpy shuts down.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import sys
+import threading
+from typing import Callable, Mapping
+
+import rclpy
+from rclpy.exceptions import ParameterException
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+from dexwm_ros.exit_codes import EXIT_PARAMETERS
+from dexwm_robot.config import ConfigError
+
+POLL_S = 0.1  # longest a stop signal waits for the executor to notice it
+WORKERS_GRACE_S = 5.0  # callbacks still running at a stop get this long to finish
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM (main thread only; elsewhere rclpy's own handlers stay in charge)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+        return True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002 - the signal module's signature
+        self.event.set()
+
+
+def _let_workers_finish(executor: Executor, timeout_s: float) -> None:
+    """Wait (bounded) until a multi-threaded executor's worker threads have finished their callbacks.
+
+    rclpy's ``MultiThreadedExecutor.shutdown`` destroys the executor's guard condition before it joins its worker
+    threads; a callback still in a worker then fails on that guard condition, and the failed task prints "The
+    following exception was never retrieved: cannot use Destroyable ..." at exit. The node's ``close()`` has
+    already told its long-running callbacks to end."""
+    pool = getattr(executor, "_executor", None)  # the worker pool of a MultiThreadedExecutor
+    if not isinstance(pool, concurrent.futures.ThreadPoolExecutor):
+        return
+    joiner = threading.Thread(target=pool.shutdown, kwargs={"wait": True}, name="executor_workers_join", daemon=True)
+    joiner.start()
+    joiner.join(timeout_s)
+
+
+def run_node(make_node: Callable[[], Node], program: str, args: list[str] | None = None, *,
+             executor_factory: Callable[[], Executor] = SingleThreadedExecutor,
+             fatal: Mapping[type[BaseException], int] | None = None,
+             until: Callable[[Node], bool] | None = None,
+             exit_code: Callable[[Node], int] | None = None) -> int:
+    """Build the node with ``make_node`` and spin it; the node's optional ``start()`` runs before spinning and its
+    optional ``close()`` before it is destroyed.
+
+    ``fatal`` maps further exception types raised while building or spinning the node to exit codes; a
+    configuration or parameter error always gives exit code 2. Each is printed as ``program: message``.
+    ``until(node)`` ends the spin early (a node that finishes a job); ``exit_code(node)`` is then the exit code."""
+    stop = StopFlag()
+    own_signals = stop.install()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO if own_signals else SignalHandlerOptions.ALL)
+    errors = {ConfigError: EXIT_PARAMETERS, ParameterException: EXIT_PARAMETERS, **(fatal or {})}
+    node = None
+    executor = None
+    code = 0
+    try:
+        node = make_node()
+        start = getattr(node, "start", None)
+        if callable(start):
+            start()
+        executor = executor_factory()
+        executor.add_node(node)
+        while not stop.event.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=POLL_S)
+            if until is not None and until(node):
+                code = exit_code(node) if exit_code is not None else 0
+                break
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except tuple(errors) as exc:
+        code = next(c for t, c in errors.items() if isinstance(exc, t))
+        print(f"{program}: {exc}", file=sys.stderr, flush=True)
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if callable(close):
+                close()
+        if executor is not None:
+            _let_workers_finish(executor, WORKERS_GRACE_S)
+            executor.shutdown(timeout_sec=WORKERS_GRACE_S)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+        stop.restore()
+    return code
