@@ -438,3 +438,43 @@ def test_workspace_term_charges_only_plans_the_safety_layer_would_reject(world_m
     assert box.check_path(home, through_table[0, 0].double().numpy()) is not None  # the safety layer rejects it
     assert float(extra[0]) == pytest.approx(0.0, abs=1e-6)  # accepted plans pay nothing
     assert float(extra[1]) > 1.0  # rejected ones pay (metres outside x 100)
+
+
+def test_object_term_compares_the_object_heads_centres_with_the_goals(world_model, fk, frames, home):
+    """cost.object_weight: the object head's centres on each predicted latent against those it reads on the goal
+    latent (objects below object_min_confidence left out); needs a model with an object head."""
+    from dexwm_model.predictor.config import ObjectHeadConfig
+    from dexwm_planner.planners.cost import hand_distance
+
+    base = small_config(horizon=2).replace(cost={"object_weight": 0.0})
+    with pytest.raises(ValueError, match="object head"):
+        make_planner(world_model, fk, base.replace(cost={"object_weight": 1.0}))
+    model = copy.deepcopy(world_model)
+    model.add_object_head(ObjectHeadConfig(depth=1, width=32, heads=2, mlp_ratio=2.0, sigma_px=2.0, loss_weight=1.0,
+                                           refine_radius_px=2, objects=["a", "b", "c"]), seed=0)
+    randomize(model.object_head, 3)
+    model.eval()
+    free = make_planner(model, fk, base)
+    priced = make_planner(model, fk, base.replace(cost={"object_weight": 2.0, "object_min_confidence": 0.0}))
+    obs = observation(frames, home)
+    s_free, s = free.prepare(obs), priced.prepare(obs)
+    assert s_free.goal_objects is None and s.goal_objects.shape == (3, 2)
+    uv, _ = model.object_keypoints(frames[2][None])
+    torch.testing.assert_close(s.goal_objects, uv[0].float())
+    samples = torch.as_tensor(home, dtype=torch.float32)[None, None].repeat(3, 2, 1)
+    samples[1:, :, :7] += torch.tensor([0.3, -0.2, 0.1, 0.2, 0.0, 0.1, 0.0])
+    samples[2, :, 7:] += 0.3
+    det = priced.evaluate(s, samples, details=True)
+    extra = det.total - free.evaluate(s_free, samples)
+    expected = (2.0 * det.objects.double() * s.weights.double()).sum(-1)
+    torch.testing.assert_close(extra, expected.to(extra))
+    assert bool((det.objects > 0).all()) and det.objects.shape == (3, 2)
+    # the term is the object head read out of the predictions the planner rolls out: recompute it
+    _, _, obj = priced._rollout_chunk(s, priced.kin.evaluate(s.joints, samples).actions, False, True)
+    torch.testing.assert_close(obj, det.objects)
+    # a confidence bar no object reaches leaves nothing to compare: the term is 0
+    blind = make_planner(model, fk, base.replace(cost={"object_weight": 2.0, "object_min_confidence": 1e9}))
+    sb = blind.prepare(obs)
+    assert bool(torch.isnan(sb.goal_objects).all())
+    assert float(blind.evaluate(sb, samples, details=True).objects.abs().max()) == 0.0
+    assert hand_distance(torch.zeros(2, 3, 2), sb.goal_objects, (112, 112)).abs().max() == 0

@@ -119,8 +119,12 @@ class CostConfig:
     orientation_weight: float = 0.0
     workspace_weight: float = 0.0
     workspace_margin: float = 0.01
+    object_weight: float = 0.0
+    object_min_confidence: float = 0.3
 
     def __post_init__(self) -> None:
+        _number("cost.object_weight", self.object_weight, 0.0)
+        _number("cost.object_min_confidence", self.object_min_confidence, 0.0)
         _number("cost.step_weight_exponent", self.step_weight_exponent, 0.0)
         _number("cost.hand_weight", self.hand_weight, 0.0)
         _number("cost.orientation_weight", self.orientation_weight, 0.0)
@@ -132,6 +136,10 @@ class CostConfig:
     @property
     def uses_hand(self) -> bool:
         return self.hand_source != "none" and self.hand_weight > 0
+
+    @property
+    def uses_objects(self) -> bool:
+        return self.object_weight > 0
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 For a sample with predicted latents ``z_1..z_T`` (``(P, d)`` each)::
 
-    cost = sum_t w_t * ( latent_t + mu * hand_t + beta * orientation_t )
+    cost = sum_t w_t * ( latent_t + mu * hand_t + beta * orientation_t + rho * object_t )
 
 * ``latent_t = mean over tokens of ||z_t[p] - z_goal[p]||^2`` (squared L2 over the width, mean over the P
   tokens);
@@ -10,6 +10,9 @@ For a sample with predicted latents ``z_1..z_T`` (``(P, d)`` each)::
   (keypoints the goal does not have -- NaN -- are left out; a keypoint that cannot be projected costs the
   image diagonal);
 * ``orientation_t = 1 - cos(palm normal, down)`` (0 when the palm faces straight down);
+* ``object_t``: mean pixel distance between the object centres the world model's object head reads out of the
+  predicted latent at step t and those it reads on the goal image (objects the goal does not show clearly --
+  heat-map peak below ``object_min_confidence`` -- are left out);
 * ``w_t`` proportional to ``t ** step_weight_exponent`` (t = 1..T), normalised to sum 1.
 """
 
@@ -38,9 +41,9 @@ def latent_distance(pred: Tensor, goal: Tensor) -> Tensor:
 
 
 def hand_distance(uv: Tensor, goal_uv: Tensor, image_hw: tuple[int, int]) -> Tensor:
-    """``uv (..., 6, 2)`` pixels, ``goal_uv (6, 2)`` (NaN rows = unknown) -> ``(...)`` mean pixel distance over
-    the goal's known keypoints (0 when the goal has none)."""
-    known = torch.isfinite(goal_uv).all(-1)  # (6,)
+    """``uv (..., K, 2)`` pixels, ``goal_uv (K, 2)`` (NaN rows = unknown) -> ``(...)`` mean pixel distance over
+    the goal's known keypoints (0 when the goal has none). Used for the hand (K = 6) and the objects."""
+    known = torch.isfinite(goal_uv).all(-1)  # (K,)
     if not bool(known.any()):
         return torch.zeros(uv.shape[:-2], dtype=uv.dtype, device=uv.device)
     g = torch.where(known[:, None], goal_uv, torch.zeros_like(goal_uv)).to(uv)
@@ -52,11 +55,13 @@ def hand_distance(uv: Tensor, goal_uv: Tensor, image_hw: tuple[int, int]) -> Ten
 
 
 def total_cost(cfg: CostConfig, weights: Tensor, latent: Tensor, hand: Tensor | None,
-               palm_down: Tensor | None) -> Tensor:
+               palm_down: Tensor | None, objects: Tensor | None = None) -> Tensor:
     """Per-step terms ``(n, T)`` -> ``(n,)``; ``palm_down`` is the cosine between the palm normal and down."""
     per_step = latent.to(torch.float64)
     if hand is not None and cfg.uses_hand:
         per_step = per_step + cfg.hand_weight * hand.to(torch.float64)
     if palm_down is not None and cfg.orientation_weight > 0:
         per_step = per_step + cfg.orientation_weight * (1.0 - palm_down.to(torch.float64))
+    if objects is not None and cfg.uses_objects:
+        per_step = per_step + cfg.object_weight * objects.to(torch.float64)
     return (per_step * weights.to(per_step.device)).sum(-1)

@@ -17,6 +17,7 @@ One replan (:meth:`Planner.plan`):
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -96,6 +97,7 @@ class ReplanState:
     joints: Tensor  # (23,) float32
     weights: Tensor  # (T,) float64
     seconds: float = 0.0
+    goal_objects: Tensor | None = None  # (M, 2) float32 object centres on the goal image, NaN = not shown
 
 
 @dataclass
@@ -106,6 +108,7 @@ class CostDetails:
     palm_down: Tensor | None  # (N, T)
     hand_uv: Tensor | None  # (N, T, 6, 2) the keypoints the hand term compared
     fk_uv: Tensor | None = field(default=None)  # (N, T, 6, 2) projected FK (always with details)
+    objects: Tensor | None = None  # (N, T) the object term (with cost.object_weight > 0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,8 +140,12 @@ class Planner:
         self.model_dtype = torch.float64 if dtype == "float64" else torch.float32
         # the predictor side computes in model_dtype; the frozen encoder keeps its own configured dtype
         self.model = model.to(self.device).eval()
-        for part in (model.projection, model.predictor, model.hand_head):
-            part.to(self.model_dtype)
+        if self.config.cost.uses_objects and model.object_head is None:
+            raise ValueError("cost.object_weight > 0 needs a world model with an object head (this checkpoint has "
+                             "none: train one with `dexwm train world-model --section cpu_fast_objects`)")
+        for part in (model.projection, model.predictor, model.hand_head, model.object_head):
+            if part is not None:
+                part.to(self.model_dtype)
         fk = PandaAllegroFK.default() if fk is None else fk
         fk = fk.to(self.device)
         self.camera = camera if camera is not None else sim_camera(model.encoder.preprocess)
@@ -227,6 +234,15 @@ class Planner:
             uv, _ = self.model.hand_keypoints(goal.to(self.device, self.model_dtype)[None])
         return uv[0, RIGHT_HEATMAPS].float()
 
+    @torch.no_grad()
+    def goal_objects(self, goal: Tensor) -> Tensor:
+        """The object centres ``(M, 2)`` the object head reads on a goal latent ``(P, d)``; NaN for objects whose
+        heat-map peak is below ``cost.object_min_confidence`` (not in the goal image)."""
+        with self.autocast():
+            uv, conf = self.model.object_keypoints(goal.to(self.device, self.model_dtype)[None])
+        uv, conf = uv[0].float(), conf[0].float()
+        return torch.where((conf >= self.config.cost.object_min_confidence)[:, None], uv, torch.full_like(uv, math.nan))
+
     def initial_distribution(self, joints: Tensor) -> tuple[Tensor, Tensor, bool]:
         """Mean and std ``(T, 23)`` of the first iteration: the previous plan shifted by ``execute_steps``
         waypoints (warm start) or the current joints held for T steps; std = the initial std."""
@@ -291,24 +307,32 @@ class Planner:
         if cfg.cost.uses_hand:
             goal_uv = kp.to(dev) if kp is not None else self.goal_keypoints(goal)
         state = ReplanState(rollout=plan, goal=goal[None], goal_uv=goal_uv, joints=joints.to(dev),
-                            weights=step_weights(self.horizon, cfg.cost.step_weight_exponent, dev))
+                            weights=step_weights(self.horizon, cfg.cost.step_weight_exponent, dev),
+                            goal_objects=self.goal_objects(goal) if cfg.cost.uses_objects else None)
         self._sync()
         state.seconds = time.perf_counter() - t0
         return state
 
-    def _rollout_chunk(self, state: ReplanState, actions: Tensor, head: bool) -> tuple[Tensor, Tensor | None]:
-        """Roll one chunk of samples out and reduce each predicted frame at once: latent distances ``(n, T)``
-        and, with ``head``, the hand head's right-hand keypoints ``(n, T, 6, 2)``."""
+    def _rollout_chunk(self, state: ReplanState, actions: Tensor, head: bool,
+                       objects: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Roll one chunk of samples out and reduce each predicted frame at once: latent distances ``(n, T)``,
+        with ``head`` the hand head's right-hand keypoints ``(n, T, 6, 2)``, with ``objects`` the object term
+        ``(n, T)`` (distance of the object head's centres to the goal's)."""
         lat: list[Tensor] = []
         uv: list[Tensor] = []
+        obj: list[Tensor] = []
 
         def on_step(s: int, pred: Tensor) -> None:
             lat.append(latent_distance(pred, state.goal))
             if head:
                 uv.append(self.model.hand_keypoints(pred)[0][:, RIGHT_HEATMAPS].float())
+            if objects:
+                centres = self.model.object_keypoints(pred)[0].float()
+                obj.append(hand_distance(centres, state.goal_objects, self.camera.image_hw))
 
         self.rollout.run(state.rollout, actions, on_step)
-        return torch.stack(lat, 1), (torch.stack(uv, 1) if head else None)
+        return (torch.stack(lat, 1), torch.stack(uv, 1) if head else None,
+                torch.stack(obj, 1) if objects else None)
 
     @torch.no_grad()
     def evaluate(self, state: ReplanState, samples: Tensor, details: bool = False) -> Tensor | CostDetails:
@@ -320,23 +344,27 @@ class Planner:
         kin = self.kin.evaluate(state.joints, samples, hand=fk_hand or details,
                                 orientation=cfg.orientation_weight > 0 or details)
         n, cs = samples.shape[0], self.chunk_size
-        lat_parts, uv_parts = [], []
+        objects = cfg.uses_objects
+        lat_parts, uv_parts, obj_parts = [], [], []
         with self.autocast():
             for i in range(0, n, cs):
-                lat, uv = self._chunk_fn(state, kin.actions[i:i + cs].to(self.model_dtype), head)
+                lat, uv, obj = self._chunk_fn(state, kin.actions[i:i + cs].to(self.model_dtype), head, objects)
                 lat_parts.append(lat)
                 if uv is not None:
                     uv_parts.append(uv)
+                if obj is not None:
+                    obj_parts.append(obj)
         latent = torch.cat(lat_parts)
+        obj_term = torch.cat(obj_parts) if objects else None
         hand_uv = torch.cat(uv_parts) if head else (kin.hand_uv if fk_hand else None)
         hand = hand_distance(hand_uv, state.goal_uv, self.camera.image_hw) if hand_uv is not None else None
-        total = total_cost(cfg, state.weights, latent, hand, kin.palm_down)
+        total = total_cost(cfg, state.weights, latent, hand, kin.palm_down, obj_term)
         if self.workspace is not None:
             total = total + cfg.workspace_weight * self.workspace.violation(state.joints, samples).to(total)
         if not details:
             return total
         return CostDetails(total=total, latent=latent, hand=hand, palm_down=kin.palm_down, hand_uv=hand_uv,
-                           fk_uv=kin.hand_uv)
+                           fk_uv=kin.hand_uv, objects=obj_term)
 
     @torch.no_grad()
     def plan(self, obs: PlanObservation | ReplanState, generator: torch.Generator | None = None) -> PlanResult:
@@ -357,7 +385,8 @@ class Planner:
         w = state.weights.tolist()
         terms = {"weight": w, "latent": det.latent[0].tolist(),
                  "hand": det.hand[0].tolist() if det.hand is not None else [],
-                 "orientation": (1.0 - det.palm_down[0].double()).tolist()}
+                 "orientation": (1.0 - det.palm_down[0].double()).tolist(),
+                 "objects": det.objects[0].tolist() if det.objects is not None else []}
         self._sync()
         t3 = time.perf_counter()
         self._previous = res.best.clone()

@@ -66,6 +66,9 @@ class ReferencePattern:
     def __init__(self, model: WorldModel, config: PlannerConfig, camera: CameraSetup,
                  kinematics: MujocoKinematics | None = None, device: torch.device | str | None = None,
                  chunk_size: int | None = None) -> None:
+        if config.cost.uses_objects:
+            raise ValueError("the reference pattern reproduces the paper's cost (latent + hand + orientation); it has "
+                             "no object term: set cost.object_weight 0 to compare against it")
         self.model = model
         self.config = config
         self.camera = camera
