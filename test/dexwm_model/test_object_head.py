@@ -171,3 +171,25 @@ def test_training_adds_an_object_head_and_learns_it(sim, tmp_path):
     losses = [r["object"] for r in records if "object" in r]
     assert len(losses) == 20 and all(np.isfinite(losses))
     assert np.mean(losses[-4:]) < 0.9 * np.mean(losses[:4])
+
+
+def test_eval_reports_the_object_head_on_moved_and_static_objects(sim, tmp_path):
+    from dexwm_model.evaluation.cli import evaluate_checkpoint
+    from dexwm_model.training import load_eval_config
+
+    model = build_world_model(ModelSpec(**TINY_MODEL), seed=0)
+    model.add_object_head(object_head_config({"depth": 1, "width": 32, "heads": 2}), seed=0)
+    with torch.no_grad():
+        model.object_head.out.bias.normal_()
+    model.save(tmp_path / "m")
+    cfg = load_eval_config(device="cpu", threads=1, cache_dir=str(tmp_path / "cache"), rollouts_per_episode=2)
+    report = evaluate_checkpoint(str(tmp_path / "m"), {"sim": str(sim)}, cfg, tmp_path / "e",
+                                 str(datasets_file(tmp_path)))
+    objects = report["summary"]["objects"]
+    moved, static = objects["moved"], objects["static"]
+    # per rollout and predicted frame: the cube never moves; the ball moves more than 2 px after a few frames
+    assert moved["model"]["n"] == moved["baseline"]["n"] == moved["true_readout"]["n"] > 0
+    assert static["model"]["n"] > moved["model"]["n"]
+    # an untrained predictor copies the newest frame: it is exactly "nothing moves"
+    assert moved["model"]["mean_px"] == pytest.approx(moved["baseline"]["mean_px"])
+    assert 0 <= moved["true_readout"]["pck5"] <= 1

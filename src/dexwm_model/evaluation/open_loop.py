@@ -14,6 +14,12 @@ recorded 132-d action between consecutive frames. Per horizon step it reports, f
   ``hand_head.pck_thresholds_px``) of the ground-truth pixels, in the encoder's input image.
 
 ``true_readout`` gives the hand head's PCK on the true latents of the same frames: the ceiling the head allows.
+
+A model with an object head also gets ``objects``: the object head's pixel error (mean, median, PCK@5) read out of
+the predicted latents, the newest context latent (nothing moves) and the true latents, over all predicted frames,
+separately for objects that MOVED (more than ``OBJECT_MOVED_PX`` from where they were in the newest context frame)
+and those that stayed. Whether the model beats "nothing moves" on moved objects says whether its predictions carry
+object motion (what a planner needs to push or grasp); the static ones say whether it keeps objects in place.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from dexwm_model.world_model import WorldModel
 
 EVAL_FORMAT = "dexwm-open-loop-eval"
 EVAL_VERSION = 1
+OBJECT_MOVED_PX = 2.0  # an object moved when its true centre is this far from its newest-context position
 
 
 @dataclass
@@ -128,6 +135,35 @@ def _key(threshold: float) -> str:
     return f"{float(threshold):g}"
 
 
+class _ObjectErrors:
+    """Pixel errors of the object head per read-out ("model", "baseline", "true_readout") and moved / static."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, list[np.ndarray]] = {}
+
+    def add(self, method: str, moved: Tensor, err: Tensor, valid: Tensor) -> None:
+        for name, sel in (("moved", valid & moved), ("static", valid & ~moved)):
+            self.errors.setdefault(f"{name}/{method}", []).append(err[sel].double().cpu().numpy())
+
+    def report(self) -> dict:
+        out: dict = {"moved_threshold_px": OBJECT_MOVED_PX}
+        for key, parts in self.errors.items():
+            kind, method = key.split("/")
+            e = np.concatenate(parts) if parts else np.zeros(0)
+            out.setdefault(kind, {})[method] = {
+                "n": int(e.size), "mean_px": float(e.mean()) if e.size else None,
+                "median_px": float(np.median(e)) if e.size else None,
+                "pck5": float((e <= 5.0).mean()) if e.size else None}
+        return out
+
+
+def read_objects(model: WorldModel, latents: Tensor, chunk: int = 64) -> Tensor:
+    """Object centres ``(..., M, 2)`` read by the object head, dataset pixel convention (as :func:`read_keypoints`)."""
+    flat = latents.reshape(-1, *latents.shape[-2:])
+    outs = [model.object_keypoints(flat[lo:lo + chunk])[0] + PIXEL_CENTRE_OFFSET for lo in range(0, flat.shape[0], chunk)]
+    return torch.cat(outs).view(*latents.shape[:-2], -1, 2)
+
+
 def read_keypoints(model: WorldModel, latents: Tensor, chunk: int = 64) -> Tensor:
     """Hand keypoints ``(..., 12, 2)`` read by the hand head from latents ``(..., P, d)``, in continuous pixel
     coordinates of the encoder's input image (the dataset convention)."""
@@ -165,6 +201,8 @@ def evaluate(model: WorldModel, datasets: dict, cfg: EvalConfig, device: torch.d
                          + (f" (skipped: {skipped[:3]})" if skipped else ""))
     horizon = max(p.horizon for p in plans)
     acc = {m: _Acc(horizon, thresholds) for m in ("model", "baseline", "true_readout")}
+    if model.object_head is not None:
+        acc["objects"] = _ObjectErrors()
     times_sum = np.zeros(horizon)
     bar = None
     if progress:
@@ -195,6 +233,8 @@ def evaluate(model: WorldModel, datasets: dict, cfg: EvalConfig, device: torch.d
         summary[method] = {"latent_mse_mean": float(np.mean(mses)) if mses else None,
                            "latent_mse_final": last[method]["latent_mse"], "cosine_final": last[method]["cosine"],
                            "pck_final": last[method]["pck"]}
+    if "objects" in acc:
+        summary["objects"] = acc["objects"].report()
     return _clean({
         "format": EVAL_FORMAT, "format_version": EVAL_VERSION, "step_s": cfg.step_s, "horizon_s": cfg.horizon_s,
         "horizon_steps": horizon, "context_frames": max(p.context for p in plans),
@@ -231,6 +271,15 @@ def _evaluate_batch(model: WorldModel, samples: list[dict], c: int, device: torc
     base_uv = read_keypoints(model, z[:, c - 1]).unsqueeze(1).expand(-1, h, -1, -1)
     acc["baseline"].add_keypoints(base_uv, true_uv, true_valid)
     acc["true_readout"].add_keypoints(read_keypoints(model, true), true_uv, true_valid)
+    if "objects" in acc and "object_px" in samples[0]:
+        ouv = torch.stack([s["object_px"] for s in samples]).to(device)
+        ovalid = torch.stack([s["object_valid"] for s in samples]).to(device)
+        truth, tvalid = ouv[:, c:], ovalid[:, c:] & ovalid[:, c - 1:c]
+        moved = torch.linalg.vector_norm(truth - ouv[:, c - 1:c], dim=-1) > OBJECT_MOVED_PX
+        last = read_objects(model, z[:, c - 1]).unsqueeze(1).expand(-1, h, -1, -1)
+        for method, uvx in (("model", read_objects(model, pred)), ("baseline", last),
+                            ("true_readout", read_objects(model, true))):
+            acc["objects"].add(method, moved, torch.linalg.vector_norm(uvx - truth, dim=-1), tvalid)
     times_sum[:h] += (times[:, c:] - times[:, c - 1:c]).sum(dim=0).cpu().numpy()
 
 
