@@ -231,6 +231,24 @@ def test_cli_generation_validates_reprojects_and_resumes(tmp_path, capsys):
     assert files[0].stat().st_mtime_ns == mtime0
 
 
+def test_cli_hands_the_planners_demonstrator_to_the_generator(tmp_path, capsys, monkeypatch):
+    # the generator (dexwm_hw) cannot import the demonstrator (dexwm_planner, a layer up): `dexwm data sim` passes it
+    calls = []
+
+    def plan_lift(s, name, rng):
+        calls.append(name)
+        return None  # no lift for any object: the episode falls back to reach
+
+    monkeypatch.setattr(demonstrator, "plan_lift", plan_lift)
+    out = tmp_path / "lift"
+    assert dexwm_main(["data", "sim", "--episodes", "1", "--out", str(out), "--seed", "3", "--config",
+                       short_yaml(tmp_path, {"lift_replay": 1.0}), "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["generated"] == 1
+    assert calls and len(set(calls)) == len(calls)  # each object asked once, the answer kept across retries
+    with EpisodeReader(out / "episode_000000.h5") as r:
+        assert r.meta.episode_kind == "reach" and r.meta.extra["fallback_from"] == "lift_replay"
+
+
 def test_output_does_not_depend_on_worker_count(tmp_path):
     cfg = short_config(reach=0.5, hand_only=0.5)
     one = ex.generate(tmp_path / "w1", 2, workers=1, seed=200, cfg=cfg, progress=False)
