@@ -28,6 +28,7 @@ import torch
 
 from dexwm_robot.config import ConfigError, load_section
 from dexwm_planner.tasks.config import SuccessConfig
+from dexwm_planner.tasks.runner import Executed, Observation, Replan, Stop, TaskRun, finite_or_none, run_task
 from dexwm_planner.tasks.success import TaskMonitor
 
 FAILURE_ORDER = ("dropped_object", "no_contact", "last_centimetre", "latent_drift")
@@ -72,6 +73,7 @@ def load_bench_config(file: str | Path = "mpc.yaml") -> BenchConfig:
 class EpisodeResult:
     record: dict[str, Any]  # the per-episode JSON
     frames: list[np.ndarray] = field(default_factory=list)  # recording (one frame per replan + the end)
+    run: TaskRun | None = None  # the runner's account (stop reason, replans), not part of the JSON
 
 
 class _ContactWatch:
@@ -125,18 +127,86 @@ def classify_failure(task: str, success: bool, final: dict, success_cfg: Success
     return out
 
 
-def _r(x: Any, nd: int = 5) -> Any:
-    if x is None:
-        return None
-    x = float(x)
-    return round(x, nd) if math.isfinite(x) else None
+_r = finite_or_none
+
+
+class SimPort:
+    """The MuJoCo simulator as the runner's robot port: observations are renders, a waypoint is ``sim.move_to``
+    (the success monitor and the contact watch fed every control tick); ``recorder`` / ``run_recording`` as in
+    :func:`run_closed_loop`, which builds the episode's JSON from the per-replan ``steps``."""
+
+    def __init__(self, sim, spec, monitor: TaskMonitor, watch: _ContactWatch, recorder=None,
+                 run_recording=None) -> None:
+        self.sim, self.spec, self.monitor, self.watch = sim, spec, monitor, watch
+        self.recorder, self.run_recording = recorder, run_recording
+        self.key = TASK_DISTANCE[spec.task][0]
+        self.steps: list[dict] = []
+        self.frames: list[np.ndarray] = []
+
+    def clock(self) -> float:
+        return time.perf_counter()
+
+    def stop_reason(self) -> Stop | None:
+        return None  # a simulator has no e-stop, stale camera or cancel
+
+    def succeeded(self) -> bool:
+        return self.monitor.success
+
+    def observe(self, interrupt) -> Observation:
+        a = time.perf_counter()
+        image = self.sim.render()
+        b = time.perf_counter()
+        return Observation(image=image, joints=np.array(self.sim.joints, dtype=np.float64), t=self.sim.time,
+                           wait_s=b - a)
+
+    def planning(self, loop) -> None:
+        pass
+
+    def planned(self, replan: Replan, loop) -> None:
+        obs, st, i = replan.observation, replan.step, replan.index
+        replan.observation.extra["record_s"] = None
+        if self.run_recording is not None:
+            replan.observation.extra["record_s"] = self.run_recording.log_step(
+                i, obs.image, obs.joints, st, t=obs.t, scalars={f"{self.key}_m": self.monitor.last.get(self.key)})
+        if self.recorder is not None:
+            dist = self.monitor.last.get(self.key)
+            text = f"{self.spec.task} ep {self.spec.index}  step {i}  cost {st.cost:.3g}" + \
+                   (f"  d {dist:.3f} m" if dist is not None else "")
+            self.frames.append(self.recorder(obs.image, self.spec.goal_image, st, text))
+
+    def executing(self, replan: Replan, loop) -> None:
+        pass
+
+    def _on_tick(self, s) -> None:
+        self.monitor.update(s)
+        self.watch.update(self.monitor.last)
+
+    def execute(self, waypoint, duration: float, replan: Replan, i: int, interrupt) -> Executed:
+        return Executed(executed=True, ticks=self.sim.move_to(waypoint, duration=duration, on_tick=self._on_tick))
+
+    def executed(self, replan: Replan, loop) -> None:
+        st, obs = replan.step, replan.observation
+        last_iter = st.info.get("iterations") or []
+        record_s = obs.extra.get("record_s")
+        self.steps.append({
+            "step": replan.index, "t": round(float(obs.t), 4),
+            "cost": _r(st.cost, 6), "best_cost_per_iteration": [_r(s["best_cost"], 6) for s in last_iter],
+            "warm_started": bool(st.info.get("warm_started", False)),
+            "prediction_error": _r(st.info.get("prediction_error"), 6),
+            "render_s": round(obs.wait_s, 5), "observe_s": round(replan.observe_s, 5),
+            "plan_s": round(replan.plan_s, 5),
+            "planning_time_s": round(float(st.planning_time_s), 5), "ticks": replan.ticks,
+            "rerun_log_s": None if record_s is None else round(record_s, 5),
+            "distance": _r(self.monitor.last.get(self.key)),
+        })
 
 
 def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: BenchConfig, max_steps: int,
                     recorder: Callable[..., np.ndarray] | None = None, run_recording=None,
                     privileged_goal_keypoints: bool = False) -> EpisodeResult:
     """Run ``policy`` (a :class:`~dexwm_planner.mpc.GoalImageMPC` or a baseline) on one built suite episode
-    ``spec`` (an :class:`~dexwm_planner.tasks.episodes.EpisodeSpec` with its goal image) in ``sim``.
+    ``spec`` (an :class:`~dexwm_planner.tasks.episodes.EpisodeSpec` with its goal image) in ``sim``, through the
+    task runner (:func:`dexwm_planner.tasks.runner.run_task`) with the simulator as its port (:class:`SimPort`).
 
     ``recorder(image, goal_image, step, text)`` (optional) returns one recording frame per replan;
     ``run_recording`` (optional, a :class:`~dexwm_planner.recording.RunRecording`) receives the goal, every replan
@@ -154,10 +224,6 @@ def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: Be
     watch = _ContactWatch(success_cfg.lift_height)
     key, _ = TASK_DISTANCE[task]
 
-    def on_tick(s) -> None:
-        monitor.update(s)
-        watch.update(monitor.last)
-
     if privileged_goal_keypoints:
         planner = getattr(policy, "planner", None)
         if planner is None:
@@ -168,46 +234,9 @@ def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: Be
         policy.set_goal(spec.goal_image, task)
     if run_recording is not None:
         run_recording.log_goal(spec.goal_image)
-    duration = float(policy.waypoint_duration_s)
-    steps: list[dict] = []
-    frames: list[np.ndarray] = []
-    ticks = 0
-    for i in range(max_steps):
-        a = time.perf_counter()
-        image = sim.render()
-        b = time.perf_counter()
-        t_obs = sim.time
-        q_obs = np.array(sim.joints, dtype=np.float64)
-        policy.observe(image, q_obs, t_obs)
-        c = time.perf_counter()
-        st = policy.plan()
-        d = time.perf_counter()
-        record_s = None
-        if run_recording is not None:
-            record_s = run_recording.log_step(i, image, q_obs, st, t=t_obs,
-                                              scalars={f"{key}_m": monitor.last.get(key)})
-        if recorder is not None:
-            dist = monitor.last.get(key)
-            text = f"{task} ep {spec.index}  step {i}  cost {st.cost:.3g}" + \
-                   (f"  d {dist:.3f} m" if dist is not None else "")
-            frames.append(recorder(image, spec.goal_image, st, text))
-        step_ticks = 0
-        for wp in st.waypoints:
-            step_ticks += sim.move_to(wp, duration=duration, on_tick=on_tick)
-        ticks += step_ticks
-        last_iter = st.info.get("iterations") or []
-        steps.append({
-            "step": i, "t": round(float(t_obs), 4),
-            "cost": _r(st.cost, 6), "best_cost_per_iteration": [_r(s["best_cost"], 6) for s in last_iter],
-            "warm_started": bool(st.info.get("warm_started", False)),
-            "prediction_error": _r(st.info.get("prediction_error"), 6),
-            "render_s": round(b - a, 5), "observe_s": round(c - b, 5), "plan_s": round(d - c, 5),
-            "planning_time_s": round(float(st.planning_time_s), 5), "ticks": step_ticks,
-            "rerun_log_s": None if record_s is None else round(record_s, 5),
-            "distance": _r(monitor.last.get(key)),
-        })
-        if monitor.success:
-            break
+    port = SimPort(sim, spec, monitor, watch, recorder, run_recording)
+    run = run_task(port, policy, max_steps)
+    steps, frames, ticks = port.steps, port.frames, run.ticks
     errors = list(getattr(policy, "prediction_errors", []) or [])
     summary = monitor.summary()
     success = bool(summary["success"])
@@ -243,4 +272,4 @@ def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: Be
         "wall_s": round(time.perf_counter() - t_start, 3),
         "replans": steps,
     }
-    return EpisodeResult(record=record, frames=frames)
+    return EpisodeResult(record=record, frames=frames, run=run)
