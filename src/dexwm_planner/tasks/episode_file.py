@@ -96,3 +96,11 @@ def read_episode_file(path: str | Path) -> dict:
     image = Path(data["goal_image"])
     out["goal_image"] = image if image.is_absolute() else (p.parent / image).resolve()
     return out
+
+
+def read_goal_image(path: str | Path) -> np.ndarray:
+    """A goal image file (PNG / JPEG) as (H, W, 3) uint8 RGB; ``OSError`` / ``ValueError`` when it cannot be read."""
+    from PIL import Image
+
+    with Image.open(Path(path).expanduser()) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
