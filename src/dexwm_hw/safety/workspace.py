@@ -3,11 +3,17 @@
 The box is axis-aligned in the robot base frame (``panda_link0``, which is the FK's world frame). The check runs on
 the target and on points along the joint-space path from the current joints to it, since the controllers move in
 joint space: a straight joint-space move between two poses inside the box can leave it.
+
+:class:`BoxSpec` is the one definition of the box (bounds, margin, checked sites, path samples), of the sampled
+path (:func:`joint_path`) and of the distance outside it (:func:`excess`), in numpy or torch: the safety layer's
+:class:`WorkspaceBox` gives reasons with it, the planner's differentiable cost
+(:class:`dexwm_planner.planners.workspace.PlanWorkspace`) charges the same points outside the same box.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,21 +21,77 @@ import numpy as np
 PointsFn = Callable[[np.ndarray], np.ndarray]
 
 
+@dataclass(frozen=True)
+class BoxSpec:
+    """The workspace box: ``lower`` < ``upper`` (3 values each, metres, base frame), the checked sites and the
+    samples of each straight joint-space path (``ValueError`` naming the problem)."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    point_names: tuple[str, ...]
+    path_samples: int
+
+    @classmethod
+    def make(cls, lower: Sequence[float], upper: Sequence[float], point_names: Sequence[str],
+             path_samples: int = 1) -> "BoxSpec":
+        lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+        if lo.shape != (3,) or hi.shape != (3,):
+            raise ValueError(f"lower/upper: expected 3 values (x, y, z), got shapes {lo.shape} and {hi.shape}")
+        if np.any(lo >= hi):
+            raise ValueError(f"lower {lo.tolist()} must be below upper {hi.tolist()} on every axis")
+        if path_samples < 1:
+            raise ValueError(f"path_samples: expected >= 1, got {path_samples}")
+        return cls(lo, hi, tuple(point_names), int(path_samples))
+
+    @classmethod
+    def from_safety_config(cls, margin: float = 0.0, cfg=None) -> "BoxSpec":
+        """The box of ``config/controllers.yaml`` (section ``dexwm_safety``; or ``cfg``) shrunk by ``margin``
+        metres on every side."""
+        from dexwm_hw.safety.config import load_safety_config
+
+        cfg = load_safety_config() if cfg is None else cfg
+        lower, upper = shrink(cfg.workspace_min, cfg.workspace_max, margin)
+        return cls.make(lower, upper, cfg.workspace_points, cfg.workspace_path_samples)
+
+    def path_fractions(self) -> np.ndarray:
+        """(S,) the checked fractions of a path, the last 1 (the target)."""
+        return np.arange(1, self.path_samples + 1) / self.path_samples
+
+
+def shrink(lower: Sequence[float], upper: Sequence[float], margin: float) -> tuple[list[float], list[float]]:
+    """The bounds moved ``margin`` metres inwards on every side (the planner keeps that far from the walls)."""
+    return [v + margin for v in lower], [v - margin for v in upper]
+
+
+def joint_path(start, goal, samples: int):
+    """``(..., S, 23)``: ``samples`` evenly spaced joint vectors of the straight joint-space path from ``start``
+    to ``goal`` (``(..., 23)``, numpy arrays or torch tensors), after ``start``; the last is ``goal``."""
+    if isinstance(goal, np.ndarray):
+        fractions = np.arange(1, samples + 1) / samples
+    else:
+        import torch
+
+        fractions = torch.arange(1, samples + 1, dtype=goal.dtype, device=goal.device) / samples
+    return start[..., None, :] + fractions[:, None] * (goal - start)[..., None, :]
+
+
+def excess(points, lower, upper):
+    """Metres each point lies outside the box, per axis (``points`` shape; 0 inside), numpy or torch."""
+    if isinstance(points, np.ndarray):
+        return np.maximum(lower - points, 0.0) + np.maximum(points - upper, 0.0)
+    import torch
+
+    return torch.relu(lower - points) + torch.relu(points - upper)
+
+
 class WorkspaceBox:
     def __init__(self, lower: Sequence[float], upper: Sequence[float], point_names: Sequence[str],
                  points_fn: PointsFn, path_samples: int = 1) -> None:
-        self.lower = np.asarray(lower, dtype=np.float64)
-        self.upper = np.asarray(upper, dtype=np.float64)
-        if self.lower.shape != (3,) or self.upper.shape != (3,):
-            raise ValueError(f"lower/upper: expected 3 values (x, y, z), got shapes {self.lower.shape} and "
-                             f"{self.upper.shape}")
-        if np.any(self.lower >= self.upper):
-            raise ValueError(f"lower {self.lower.tolist()} must be below upper {self.upper.tolist()} on every axis")
-        if path_samples < 1:
-            raise ValueError(f"path_samples: expected >= 1, got {path_samples}")
-        self.point_names = tuple(point_names)
+        self.spec = BoxSpec.make(lower, upper, point_names, path_samples)
+        self.lower, self.upper = self.spec.lower, self.spec.upper
+        self.point_names = self.spec.point_names
         self.points_fn = points_fn
-        self.path_samples = int(path_samples)
+        self.path_samples = self.spec.path_samples
 
     @classmethod
     def from_fk(cls, fk, lower: Sequence[float], upper: Sequence[float], point_names: Sequence[str],
@@ -59,15 +121,14 @@ class WorkspaceBox:
             qs = goal[None]
             fractions = np.ones(1)
         else:
-            start = np.asarray(start, dtype=np.float64)
-            fractions = np.arange(1, self.path_samples + 1) / self.path_samples
-            qs = start[None] + fractions[:, None] * (goal - start)[None]
+            fractions = self.spec.path_fractions()
+            qs = joint_path(np.asarray(start, dtype=np.float64), goal, self.path_samples)
         pts = np.asarray(self.points_fn(qs), dtype=np.float64)
         if pts.shape != (len(qs), len(self.point_names), 3):
             raise ValueError(f"points_fn returned shape {pts.shape}, expected {(len(qs), len(self.point_names), 3)}")
         low = self.lower - pts
         high = pts - self.upper
-        outside = np.maximum(low, high).max(axis=2)  # (B, P) > 0 where a point is out
+        outside = excess(pts, self.lower, self.upper).max(axis=2)  # (B, P) > 0 where a point is out
         if not np.any(outside > 0):
             return None
         # report the first sample along the path that leaves the box (the target last)
