@@ -193,3 +193,35 @@ def test_eval_reports_the_object_head_on_moved_and_static_objects(sim, tmp_path)
     # an untrained predictor copies the newest frame: it is exactly "nothing moves"
     assert moved["model"]["mean_px"] == pytest.approx(moved["baseline"]["mean_px"])
     assert 0 <= moved["true_readout"]["pck5"] <= 1
+
+
+def test_object_moved_weight_adds_the_loss_of_the_objects_that_moved(sim, tmp_path):
+    from dexwm_model.datasets.objects import OBJECT_MOVED_PX
+    from dexwm_model.losses.hand_consistency import hand_consistency_loss
+    from dexwm_model.training.objective import PIXEL_CENTRE_OFFSET
+
+    model = build_world_model(ModelSpec(**TINY_MODEL), seed=2)
+    model.add_object_head(object_head_config({"depth": 1, "width": 32, "heads": 2}), seed=0)
+    with torch.no_grad():
+        model.object_head.out.bias.normal_()
+    ds = _dataset(sim, tmp_path, frames=8)  # clips spread over up to 4 s: the pushed ball moves in most of them
+    cache = LatentCache.for_encoder(tmp_path / "cache", model.encoder)
+    cache.ensure({"sim": ds}, model.encoder, CPU)
+    batch = collate_training([LatentClipDataset(ds, cache)[i] for i in range(6)])
+    plain = WorldModelObjective(model, "finetune", rollout_steps=2, object_loss=True)
+    weighted = WorldModelObjective(model, "finetune", rollout_steps=2, object_loss=True, object_moved_weight=2.0)
+    with torch.no_grad():
+        extra = weighted(batch)["total"] - plain(batch)["total"]
+        z = plain.latents(batch)
+        c = z.shape[1] - 2
+        pred = model.predictor.rollout(z[:, :c], batch["times"][:, :c].double(), batch["actions"][:, c - 1:],
+                                       batch["times"][:, c:].double() - batch["times"][:, c - 1:-1].double())
+        uv = batch["object_px"][:, c:].flatten(0, 1) - PIXEL_CENTRE_OFFSET
+        seen = (batch["object_px"][:, c - 1:c] - PIXEL_CENTRE_OFFSET).expand(-1, 2, -1, -1).flatten(0, 1)
+        moved = batch["object_valid"][:, c:].flatten(0, 1) & ((uv - seen).norm(dim=-1) > OBJECT_MOVED_PX)
+        assert 0 < int(moved.sum()) < int(batch["object_valid"][:, c:].sum())  # some moved, the cube never
+        expect = 2.0 * plain.object_weight * hand_consistency_loss(model.object_head(pred.flatten(0, 1)), uv, moved,
+                                                                   plain.object_sigma)
+    torch.testing.assert_close(extra, expect, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="object_moved_weight"):
+        WorldModelObjective(model, "pretrain", object_moved_weight=1.0)

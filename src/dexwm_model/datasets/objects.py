@@ -16,6 +16,8 @@ import numpy as np
 from dexwm_model.config import ConfigError, load_yaml
 from dexwm_model.datasets.keypoints import finalize, project, world_to_camera
 
+OBJECT_MOVED_PX = 2.0  # an object moved when its centre is this far (pixels) from where it was in the newest seen frame
+
 
 @lru_cache(maxsize=8)
 def object_catalogue(file: str = "sim.yaml") -> tuple[str, ...]:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dexwm_model.datasets.objects import OBJECT_MOVED_PX
 from dexwm_model.losses.hand_consistency import heatmap_keypoints
 from dexwm_model.training.config import EvalConfig
 from dexwm_model.training.objective import PIXEL_CENTRE_OFFSET
@@ -38,7 +39,6 @@ from dexwm_model.world_model import WorldModel
 
 EVAL_FORMAT = "dexwm-open-loop-eval"
 EVAL_VERSION = 1
-OBJECT_MOVED_PX = 2.0  # an object moved when its true centre is this far from its newest-context position
 
 
 @dataclass

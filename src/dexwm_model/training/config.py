@@ -135,6 +135,7 @@ class TrainConfig:
     object_head: dict | None = None  # train an object head: overrides of config/model.yaml object_head ({}: none)
     object_loss: bool = False  # object consistency: the object head's loss on predicted latents too
     object_lr_scale: float = 1.0  # the object head's learning rate = optim.lr * this
+    object_moved_weight: float = 0.0  # + this x the object loss of the objects that moved (needs object_loss)
 
     def __post_init__(self) -> None:
         if self.hand_head_input not in HAND_HEAD_INPUTS:
@@ -154,6 +155,9 @@ class TrainConfig:
         if self.object_loss and self.object_head is None:
             raise ConfigError("object_loss: true needs object_head (a mapping, {} for config/model.yaml's)")
         _number("object_lr_scale", self.object_lr_scale, strict=True)
+        _number("object_moved_weight", self.object_moved_weight)
+        if self.object_moved_weight > 0 and not self.object_loss:
+            raise ConfigError("object_moved_weight > 0 needs object_loss: true")
         for name in ("hand_loss", "grad_checkpoint", "compile", "object_loss"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, found {getattr(self, name)!r}")

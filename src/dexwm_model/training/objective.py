@@ -14,6 +14,9 @@ keypoints, but from detached predictions: the predictor's gradient then comes fr
 A model with an object head adds ``object_head.loss_weight`` * (the head's heat-map loss on the encoded target
 frames -- the read-out the planner uses on observed and goal images -- plus, with ``object_loss``, the same loss
 on the predicted latents: object consistency, whose gradient makes the predictor carry where the objects go).
+``object_moved_weight`` adds that many times the loss of the MOVED objects alone (further than
+``OBJECT_MOVED_PX`` from where they were in the newest observed frame): in exploratory data few objects move, and
+the mean over all of them mostly teaches the predictor to keep objects still.
 Object keypoints come from the datasets' ``object_px`` / ``object_valid`` (sources without objects: all invalid).
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dexwm_model.datasets.objects import OBJECT_MOVED_PX
 from dexwm_model.losses.hand_consistency import hand_consistency_loss
 from dexwm_model.losses.world_model import latent_loss
 from dexwm_model.world_model import WorldModel
@@ -33,7 +37,7 @@ PIXEL_CENTRE_OFFSET = 0.5
 class WorldModelObjective(nn.Module):
     def __init__(self, model: WorldModel, mode: str, targets: str = "last", rollout_steps: int = 1,
                  hand_loss: bool = True, train_projection: bool = False, hand_head_input: str = "predicted",
-                 object_loss: bool = False) -> None:
+                 object_loss: bool = False, object_moved_weight: float = 0.0) -> None:
         super().__init__()
         if hand_head_input not in ("predicted", "encoded"):
             raise ValueError(f"hand_head_input must be 'predicted' or 'encoded', found {hand_head_input!r}")
@@ -52,6 +56,9 @@ class WorldModelObjective(nn.Module):
         if object_loss and obj is None:
             raise ValueError("object_loss needs a model with an object head (train.yaml object_head)")
         self.object_loss = bool(object_loss)
+        if object_moved_weight < 0 or (object_moved_weight > 0 and not object_loss):
+            raise ValueError(f"object_moved_weight must be >= 0 and needs object_loss, found {object_moved_weight}")
+        self.object_moved_weight = float(object_moved_weight)
         self.object_weight = float(obj.loss_weight) if obj is not None else 0.0
         self.object_sigma = float(obj.sigma_px) if obj is not None else 0.0
 
@@ -92,6 +99,7 @@ class WorldModelObjective(nn.Module):
             dts = times[:, c:] - times[:, c - 1:-1]
             pred = self.model.predictor.rollout(z[:, :c], times[:, :c], actions[:, c - 1:], dts)  # (B, R, P, d)
             target_idx = torch.arange(c, k, device=z.device)
+            seen_idx = torch.full_like(target_idx, c - 1)  # the newest frame the rollout saw
             pred = pred.flatten(0, 1)
             true = z[:, c:].flatten(0, 1)
         elif self.targets == "last":
@@ -99,9 +107,11 @@ class WorldModelObjective(nn.Module):
             dt = times[:, c] - times[:, c - 1]
             pred = self.model.predictor(z[:, :c], times[:, :c], actions[:, c - 1], dt)
             target_idx = torch.tensor([c], device=z.device)
+            seen_idx = target_idx - 1
             true = z[:, c]
         else:
             pred, true, target_idx = self._all_targets(z, times, actions)
+            seen_idx = target_idx - 1
         n_t = len(target_idx)
         uv = batch["keypoints_px"][:, target_idx].flatten(0, 1).to(torch.float32) - PIXEL_CENTRE_OFFSET
         valid = batch["keypoints_valid"][:, target_idx] & batch["hand_loss"][:, None, None]
@@ -123,7 +133,12 @@ class WorldModelObjective(nn.Module):
             read = hand_consistency_loss(self.model.object_head(true.detach()), ouv, ovalid, self.object_sigma)
             obj = read
             if self.object_loss:
-                obj = obj + hand_consistency_loss(self.model.object_head(pred), ouv, ovalid, self.object_sigma)
+                heat = self.model.object_head(pred)
+                obj = obj + hand_consistency_loss(heat, ouv, ovalid, self.object_sigma)
+                if self.object_moved_weight > 0:
+                    seen = batch["object_px"][:, seen_idx].flatten(0, 1).to(torch.float32) - PIXEL_CENTRE_OFFSET
+                    moved = ovalid & (torch.linalg.vector_norm(ouv - seen, dim=-1) > OBJECT_MOVED_PX)
+                    obj = obj + self.object_moved_weight * hand_consistency_loss(heat, ouv, moved, self.object_sigma)
             total = total + self.object_weight * obj
             out["object"] = read.detach()
             out["objects"] = ovalid.sum().detach().to(torch.float32)

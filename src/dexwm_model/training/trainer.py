@@ -222,7 +222,7 @@ def _train(req: TrainRequest, info: DistInfo) -> dict:
         model.add_object_head(object_head_config(cfg.object_head), seed=cfg.seed)
         model.object_head.to(device).train()
     objective = WorldModelObjective(model, cfg.mode, cfg.targets, cfg.rollout_steps, cfg.hand_loss,
-                                    train_projection, cfg.hand_head_input, cfg.object_loss)
+                                    train_projection, cfg.hand_head_input, cfg.object_loss, cfg.object_moved_weight)
     clip_frames = objective.required_frames(context)
     cache_dir = req.cache_dir or cfg.data.cache_dir or default_cache_dir()
     data: ClipData = build_clip_data(req.roots, cfg.data.datasets, clip_frames, model.encoder, device,
