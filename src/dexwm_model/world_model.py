@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from dexwm_model.config import ConfigError, from_dict
@@ -25,10 +24,15 @@ from dexwm_model.losses.hand_consistency import heatmap_keypoints
 from dexwm_model.predictor.cdit import CDiTPredictor, ContextCache
 from dexwm_model.predictor.config import HandHeadConfig, ObjectHeadConfig, PredictorConfig
 from dexwm_model.predictor.hand_head import HandHeatmapHead, ObjectHeatmapHead
-from dexwm_model.weights_file import BadWeights, check_finite_state, expected_tensors, read_checked_state
+from dexwm_model.checkpoint_folder import (  # noqa: F401  (CONFIG_NAME, WEIGHTS_NAME: re-exported)
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_folder,
+    read_config,
+    write_checkpoint_files,
+)
+from dexwm_model.weights_file import BadWeights, expected_tensors, read_checked_state
 
-CONFIG_NAME = "config.yaml"
-WEIGHTS_NAME = "model.safetensors"
 FORMAT = "dexwm-world-model"
 FORMAT_VERSION = 1
 
@@ -121,33 +125,16 @@ class WorldModel(nn.Module):
 
     # -- persistence -----------------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        check_finite_state(state, f"world model for {folder}", CheckpointError)  # never write a diverged model
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp_cfg, tmp_w = folder / (CONFIG_NAME + ".tmp"), folder / (WEIGHTS_NAME + ".tmp")
-        tmp_cfg.write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-        save_file(state, str(tmp_w), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-        tmp_cfg.replace(folder / CONFIG_NAME)
-        tmp_w.replace(folder / WEIGHTS_NAME)
-        return folder
+        return write_checkpoint_files(folder, state, self.config.to_dict(), FORMAT, FORMAT_VERSION, "world model",
+                                      CheckpointError)
 
     @classmethod
     def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "WorldModel":
         folder = Path(folder)
         cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise CheckpointError(f"world-model checkpoint {folder}: missing {p.name} (a checkpoint folder holds "
-                                      f"{CONFIG_NAME} and {WEIGHTS_NAME}; train one with `dexwm train`)")
-        try:
-            data = yaml.safe_load(cfg_path.read_text())
-        except yaml.YAMLError as exc:
-            raise CheckpointError(f"{cfg_path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{cfg_path}: expected a mapping")
+        check_folder(folder, "train one with `dexwm train`", CheckpointError, label="world-model checkpoint")
+        data = read_config(folder, CheckpointError)
         config = WorldModelConfig.from_dict(data, str(cfg_path))
         # the encoder's weights are in the checkpoint: build its architecture without loading any other file
         enc_cfg = dataclasses.replace(config.encoder, weights=None, random_init=True)

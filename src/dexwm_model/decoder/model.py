@@ -20,23 +20,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 
 from dexwm_robot.config import ConfigError, from_dict
 from dexwm_model.encoders.base import ImageEncoder
-from dexwm_model.weights_file import check_finite_state
+from dexwm_model.checkpoint_folder import CONFIG_NAME, WEIGHTS_NAME, write_checkpoint_folder
 from dexwm_model.encoders.sim_vit import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
     Block,
     EncoderWeightsCorrupt,
     init_vit_weights,
     load_state,
     read_folder_config,
-    sha256_file,
     sincos_2d,
-    write_folder_atomic,
 )
 
 FORMAT = "dexwm-latent-decoder"
@@ -167,24 +162,17 @@ class LatentDecoder(nn.Module):
                              f"{(have or 'unknown')[:16]}...; train a decoder for it with `dexwm train decoder`")
 
     def save(self, out: str | Path, info: dict[str, Any] | None = None) -> Path:
-        from safetensors.torch import save_file
-
         state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in self.state_dict().items()}
-        check_finite_state(state, f"latent decoder for {out}", EncoderWeightsCorrupt)
-        digest: dict[str, str] = {}
         info = {**self.info, **(info or {})}
 
-        def write_weights(path: Path) -> None:
-            save_file(state, str(path), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-            digest["sha256"] = sha256_file(path)
+        def config(sha256: str) -> dict:
+            return {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": dataclasses.asdict(self.arch),
+                    "weights_sha256": sha256, **info}
 
-        def write_config(path: Path) -> None:
-            data = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": dataclasses.asdict(self.arch),
-                    "weights_sha256": digest["sha256"], **info}
-            path.write_text(yaml.safe_dump(data, sort_keys=False))
-
+        folder = write_checkpoint_folder(out, state, config, FORMAT, FORMAT_VERSION, "latent decoder",
+                                         EncoderWeightsCorrupt)  # refuses non-finite tensors before writing
         self.info = info
-        return write_folder_atomic(out, {WEIGHTS_NAME: write_weights, CONFIG_NAME: write_config})
+        return folder
 
     @classmethod
     def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "LatentDecoder":

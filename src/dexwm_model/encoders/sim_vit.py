@@ -16,29 +16,30 @@ the factory with ``kind: dexwm_vit`` and ``weights: <folder>`` (null: the embedd
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 
 from dexwm_robot.config import ConfigError, config_dir, from_dict, load_yaml
 from dexwm_model.encoders.base import EncoderWeightsMissing, ImageEncoder
 from dexwm_model.encoders.factory import EncoderConfig, register_encoder
-from dexwm_model.weights_file import BadWeights, check_finite_state, read_checked_state
+from dexwm_model.checkpoint_folder import (  # noqa: F401  (sha256_file, write_folder_atomic: re-exported)
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    sha256_file,
+    write_checkpoint_folder,
+    write_folder_atomic,
+)
+from dexwm_model.checkpoint_folder import read_folder_config as read_checkpoint_config
+from dexwm_model.weights_file import BadWeights, read_checked_state
 
 KIND = "dexwm_vit"
 FORMAT = "dexwm-vit-encoder"
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.yaml"
-WEIGHTS_NAME = "model.safetensors"
 TRAINING_CONFIG_FILE = "encoder_training.yaml"
 DEFAULT_FOLDER_NAME = "encoder_sim_vit"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -264,50 +265,6 @@ class SimViTEncoder(ImageEncoder):
 
 
 # ------------------------------------------------------------------------------------------------ persistence
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_folder_atomic(out: str | Path, writers: dict[str, Callable[[Path], None]]) -> Path:
-    """Create folder ``out`` holding the files ``name -> writer(path)`` as one atomic step.
-
-    Everything is written into a fresh sibling folder first, flushed, then renamed onto ``out`` (a previous
-    ``out`` is moved aside and deleted only after the new folder is in place), so ``out`` never holds a mix of
-    old and new files or a half-written file.
-    """
-    out = Path(out).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = out.with_name(f".{out.name}.tmp-{tag}")
-    old = out.with_name(f".{out.name}.old-{tag}")
-    tmp.mkdir()
-    try:
-        for name, write in writers.items():
-            write(tmp / name)
-            os.chmod(tmp / name, 0o644)  # some writers (safetensors) create 0600 files; these are shared artefacts
-            fd = os.open(tmp / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        if out.exists():
-            if not out.is_dir():
-                raise FileExistsError(f"{out} exists and is not a folder; not overwriting it")
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return out
-
-
 def tensors_sha256(backbone: SimViTBackbone) -> str:
     """sha256 over the backbone's tensors (sorted names, dtype, shape, float32 bytes): the encoder's identity,
     whether its weights come from an encoder folder or from inside a world-model checkpoint. (The file's own
@@ -325,56 +282,20 @@ def tensors_sha256(backbone: SimViTBackbone) -> str:
 
 def save_sim_vit(backbone: SimViTBackbone, out: str | Path, info: dict[str, Any] | None = None) -> Path:
     """Write ``config.yaml`` + ``model.safetensors`` for ``backbone`` atomically into folder ``out``."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in backbone.state_dict().items()}
-    check_finite_state(state, f"encoder for {out}", EncoderWeightsCorrupt)
-    digest: dict[str, str] = {}
 
-    def write_weights(path: Path) -> None:
-        save_file(state, str(path), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-        digest["sha256"] = sha256_file(path)
-
-    def write_config(path: Path) -> None:
-        data = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND,
-                "architecture": dataclasses.asdict(backbone.arch), "weights_sha256": digest["sha256"],
+    def config(sha256: str) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND,
+                "architecture": dataclasses.asdict(backbone.arch), "weights_sha256": sha256,
                 "num_parameters": int(sum(v.numel() for v in state.values())), "training": info or {}}
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
 
-    return write_folder_atomic(out, {WEIGHTS_NAME: write_weights, CONFIG_NAME: write_config})
+    return write_checkpoint_folder(out, state, config, FORMAT, FORMAT_VERSION, "encoder", EncoderWeightsCorrupt)
 
 
 def read_folder_config(folder: Path, fmt: str, version: int, how_to_make: str) -> dict[str, Any]:
-    """Check ``folder`` holds ``config.yaml`` (of format ``fmt``) and ``model.safetensors``; return the config."""
-    if not folder.exists():
-        raise EncoderWeightsMissing(f"{folder}: no such folder ({how_to_make})")
-    if not folder.is_dir():
-        raise EncoderWeightsMissing(f"{folder}: not a folder; expected a folder holding {CONFIG_NAME} and "
-                                    f"{WEIGHTS_NAME} ({how_to_make})")
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (folder / name).is_file():
-            raise EncoderWeightsMissing(f"{folder}: missing {name} (the folder must hold {CONFIG_NAME} and "
-                                        f"{WEIGHTS_NAME}; {how_to_make})")
-    try:
-        data = yaml.safe_load((folder / CONFIG_NAME).read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise EncoderWeightsCorrupt(f"{folder / CONFIG_NAME}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise EncoderWeightsCorrupt(f"{folder / CONFIG_NAME}: expected a mapping, found {type(data).__name__}")
-    if data.get("format") != fmt:
-        raise EncoderWeightsCorrupt(f"{folder / CONFIG_NAME}: 'format' must be '{fmt}', found "
-                                    f"{data.get('format')!r}")
-    if data.get("format_version") != version:
-        raise EncoderWeightsCorrupt(f"{folder / CONFIG_NAME}: format_version {data.get('format_version')!r} is "
-                                    f"not supported (this code reads {version})")
-    expected = data.get("weights_sha256")
-    if not isinstance(expected, str):
-        raise EncoderWeightsCorrupt(f"{folder / CONFIG_NAME}: missing 'weights_sha256'")
-    found = sha256_file(folder / WEIGHTS_NAME)
-    if found != expected:
-        raise EncoderWeightsCorrupt(f"{folder / WEIGHTS_NAME}: sha256 {found[:16]}... does not match "
-                                    f"weights_sha256 {expected[:16]}... in {CONFIG_NAME} (file damaged or replaced)")
-    return data
+    """Check ``folder`` holds ``config.yaml`` (of format ``fmt``) and ``model.safetensors``; return the config
+    (:func:`dexwm_model.checkpoint_folder.read_folder_config` with the encoder's errors)."""
+    return read_checkpoint_config(folder, fmt, version, how_to_make, EncoderWeightsMissing, EncoderWeightsCorrupt)
 
 
 def load_state(path: Path, expected: dict[str, tuple[torch.Size, torch.dtype]]) -> dict[str, Tensor]:

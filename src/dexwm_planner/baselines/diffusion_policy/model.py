@@ -35,13 +35,19 @@ from dexwm_robot.config import ConfigError, from_dict
 from dexwm_model.encoders.base import ImageEncoder
 from dexwm_model.encoders.factory import build_encoder
 from dexwm_model.kinematics.panda_allegro import NUM_ROBOT_JOINTS
-from dexwm_model.weights_file import BadWeights, check_finite_state, expected_tensors, read_checked_state
+from dexwm_model.checkpoint_folder import (  # noqa: F401  (CONFIG_NAME, WEIGHTS_NAME: re-exported)
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_folder,
+    check_format,
+    read_config,
+    write_checkpoint_files,
+)
+from dexwm_model.weights_file import BadWeights, expected_tensors, read_checked_state
 from dexwm_planner.baselines.diffusion_policy.config import PolicyModelConfig, SchedulerConfig
 from dexwm_planner.baselines.diffusion_policy.normalizer import MinMaxNormalizer
 from dexwm_planner.baselines.diffusion_policy.unet1d import ConditionalUnet1D
 
-CONFIG_NAME = "config.yaml"
-WEIGHTS_NAME = "model.safetensors"
 FORMAT = "dexwm-diffusion-policy"
 FORMAT_VERSION = 1
 
@@ -158,38 +164,19 @@ class DiffusionPolicy(nn.Module):
 
     def save(self, folder: str | Path, training: dict[str, Any] | None = None) -> Path:
         """Write ``config.yaml`` + ``model.safetensors`` (temporary files renamed into place)."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        check_finite_state(state, f"diffusion policy for {folder}", PolicyCheckpointError)  # never write a diverged one
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp_cfg, tmp_w = folder / (CONFIG_NAME + ".tmp"), folder / (WEIGHTS_NAME + ".tmp")
-        tmp_cfg.write_text(yaml.safe_dump(self.to_config_dict(training), sort_keys=False))
-        save_file(state, str(tmp_w), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-        tmp_cfg.replace(folder / CONFIG_NAME)
-        tmp_w.replace(folder / WEIGHTS_NAME)
-        return folder
+        return write_checkpoint_files(folder, state, self.to_config_dict(training), FORMAT, FORMAT_VERSION,
+                                      "diffusion policy", PolicyCheckpointError)
 
     @classmethod
     def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "DiffusionPolicy":
         """Rebuild a saved policy from its folder alone; every problem raises :class:`PolicyCheckpointError`."""
         folder = Path(folder)
         cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise PolicyCheckpointError(
-                    f"diffusion-policy checkpoint {folder}: missing {p.name} (a checkpoint folder holds {CONFIG_NAME} "
-                    f"and {WEIGHTS_NAME}; train one with `dexwm train diffusion-policy`)")
-        try:
-            data = yaml.safe_load(cfg_path.read_text())
-        except yaml.YAMLError as exc:
-            raise PolicyCheckpointError(f"{cfg_path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise PolicyCheckpointError(f"{cfg_path}: not a {FORMAT} config (missing or wrong 'format')")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise PolicyCheckpointError(f"{cfg_path}: format_version {data.get('format_version')!r} is not supported "
-                                        f"(this code reads {FORMAT_VERSION})")
+        check_folder(folder, "train one with `dexwm train diffusion-policy`", PolicyCheckpointError,
+                     label="diffusion-policy checkpoint")
+        data = read_config(folder, PolicyCheckpointError)
+        check_format(data, cfg_path, FORMAT, FORMAT_VERSION, PolicyCheckpointError)
         try:
             model_cfg = from_dict(PolicyModelConfig, data.get("model"), f"{cfg_path}:model")
             sched_cfg = from_dict(SchedulerConfig, data.get("scheduler"), f"{cfg_path}:scheduler")
