@@ -108,7 +108,8 @@ class PlannerParameters:
         fl("hold_duration", d.hold_duration, "s: time_from_start of the hold waypoint sent when a task ends",
            0.01, 5.0)
         dec("max_steps", int(self._mpc_max_steps()), D(
-            description="control steps of goals with max_steps = 0 (default: config/mpc.yaml mpc.max_steps)",
+            description="control steps (replans whose waypoints were executed) of goals with max_steps = 0 (default: "
+                        "config/mpc.yaml mpc.max_steps)",
             integer_range=int_range(1, 100000)))
         dec("max_steps_limit", d.max_steps_limit, D(description="goals asking for more control steps are rejected",
                                                     integer_range=int_range(1, 100000)))
