@@ -60,11 +60,7 @@ class WorldModelConfig:
         version = data.pop("format_version", None)
         if version != FORMAT_VERSION:
             raise ConfigError(f"{where}: format_version {version!r} is not supported (this code reads {FORMAT_VERSION})")
-        head = data.pop("object_head", None)
-        cfg = from_dict(cls, data, where)
-        if head is not None:
-            cfg.object_head = from_dict(ObjectHeadConfig, head, f"{where}.object_head")
-        return cfg
+        return from_dict(cls, data, where)
 
 
 class WorldModel(nn.Module):
@@ -120,7 +116,8 @@ class WorldModel(nn.Module):
     def object_keypoints(self, latents: Tensor) -> tuple[Tensor, Tensor]:
         """(B, P, d) -> object centres (B, M, 2) pixels of the encoder's input image and confidences (B, M)."""
         if self.object_head is None:
-            raise ValueError("this world model has no object head (train one: train.yaml model.object_head)")
+            raise ValueError("this world model has no object head (train one: train.yaml `object_head`, e.g. "
+                             "--section cpu_fast_objects)")
         return heatmap_keypoints(self.object_head(latents), self.config.object_head.refine_radius_px)
 
     # -- persistence -----------------------------------------------------------------------------------------------

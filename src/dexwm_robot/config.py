@@ -101,7 +101,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``, recursing into nested dataclass fields; exact key match."""
+    """Build dataclass ``cls`` from ``data``, recursing into nested dataclass fields (also optional ones,
+    ``Config | None``); exact key match."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -116,14 +117,26 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     kwargs = {}
     hints = _type_hints(cls)
     for name, value in data.items():
-        ftype = hints.get(name)
-        if dataclasses.is_dataclass(ftype) and isinstance(value, dict):
+        ftype = _dataclass_of(hints.get(name))
+        if ftype is not None and isinstance(value, dict):
             value = from_dict(ftype, value, f"{where}.{name}" if where else name)
         kwargs[name] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass a field holds: ``C`` for a hint ``C`` or ``C | None`` (``Optional[C]``), else None."""
+    import typing
+
+    if dataclasses.is_dataclass(hint):
+        return hint
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1 and dataclasses.is_dataclass(args[0]) and type(None) in typing.get_args(hint):
+        return args[0]
+    return None
 
 
 def _type_hints(cls: type) -> dict[str, Any]:

@@ -52,3 +52,20 @@ def test_project_sim_config_loads():
 
     scene, camera = load_sim_config()
     assert len(scene.objects) >= 6 and camera.width > 0
+
+
+@dataclass
+class WithOptional:
+    name: str
+    inner: Inner | None = None
+
+
+def test_from_dict_builds_optional_nested_dataclasses():
+    from dexwm_robot.config import from_dict
+
+    built = from_dict(WithOptional, {"name": "x", "inner": {"a": 1, "b": [2.0]}}, "w")
+    assert built.inner == Inner(a=1, b=[2.0])
+    assert from_dict(WithOptional, {"name": "x", "inner": None}, "w").inner is None
+    assert from_dict(WithOptional, {"name": "x"}, "w").inner is None
+    with pytest.raises(ConfigError, match=r"w\.inner: unknown key\(s\) \['c'\]"):
+        from_dict(WithOptional, {"name": "x", "inner": {"a": 1, "b": [], "c": 0}}, "w")

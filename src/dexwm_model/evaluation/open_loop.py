@@ -32,7 +32,6 @@ import torch
 from torch import Tensor
 
 from dexwm_model.datasets.objects import OBJECT_MOVED_PX
-from dexwm_model.losses.hand_consistency import heatmap_keypoints
 from dexwm_model.training.config import EvalConfig
 from dexwm_model.training.objective import PIXEL_CENTRE_OFFSET
 from dexwm_model.world_model import WorldModel
@@ -157,22 +156,24 @@ class _ObjectErrors:
         return out
 
 
-def read_objects(model: WorldModel, latents: Tensor, chunk: int = 64) -> Tensor:
-    """Object centres ``(..., M, 2)`` read by the object head, dataset pixel convention (as :func:`read_keypoints`)."""
+def _read_points(read, latents: Tensor, chunk: int) -> Tensor:
+    """``read`` (a model's ``hand_keypoints`` or ``object_keypoints``) over latents ``(..., P, d)`` in chunks ->
+    pixels ``(..., K, 2)`` in continuous coordinates of the encoder's input image (the dataset convention)."""
     flat = latents.reshape(-1, *latents.shape[-2:])
-    outs = [model.object_keypoints(flat[lo:lo + chunk])[0] + PIXEL_CENTRE_OFFSET for lo in range(0, flat.shape[0], chunk)]
-    return torch.cat(outs).view(*latents.shape[:-2], -1, 2)
+    outs = [read(flat[lo:lo + chunk])[0] + PIXEL_CENTRE_OFFSET for lo in range(0, flat.shape[0], chunk)]
+    out = torch.cat(outs)
+    return out.view(*latents.shape[:-2], *out.shape[1:])
+
+
+def read_objects(model: WorldModel, latents: Tensor, chunk: int = 64) -> Tensor:
+    """Object centres ``(..., M, 2)`` read by the object head (as :func:`read_keypoints`)."""
+    return _read_points(model.object_keypoints, latents, chunk)
 
 
 def read_keypoints(model: WorldModel, latents: Tensor, chunk: int = 64) -> Tensor:
     """Hand keypoints ``(..., 12, 2)`` read by the hand head from latents ``(..., P, d)``, in continuous pixel
     coordinates of the encoder's input image (the dataset convention)."""
-    flat = latents.reshape(-1, *latents.shape[-2:])
-    outs = []
-    for lo in range(0, flat.shape[0], chunk):
-        uv, _ = heatmap_keypoints(model.hand_head(flat[lo:lo + chunk]), model.config.hand_head.refine_radius_px)
-        outs.append(uv + PIXEL_CENTRE_OFFSET)
-    return torch.cat(outs).view(*latents.shape[:-2], 12, 2)
+    return _read_points(model.hand_keypoints, latents, chunk)
 
 
 @torch.no_grad()
