@@ -115,8 +115,12 @@ def test_every_installed_node_starts_and_stops_on_sigint(workspace, tmp_path):
         assert not waiting, f"no start-up line from {sorted(waiting)}"
         for proc, _ in procs.values():
             proc.send_signal(signal.SIGINT)
-        for exe, (proc, log) in procs.items():
-            assert proc.wait(30) == 0, f"{exe} exited {proc.returncode} on SIGINT: {log.read_text()[-2000:]}"
+        for exe, (proc, log) in procs.items():  # a node alive 20 s after the signal dumps its threads and exits
+            try:
+                code = proc.wait(45)
+            except subprocess.TimeoutExpired:
+                code = None
+            assert code == 0, f"{exe} exited {code} on SIGINT: {log.read_text()[-4000:]}"
     finally:
         for proc, _ in procs.values():
             if proc.poll() is None:

@@ -15,8 +15,10 @@ pytest.importorskip("rclpy")
 DOMAIN_ID = 61
 
 NODE_SCRIPT = textwrap.dedent("""
-    import sys
+    import sys, time
+    import rclpy
     from rclpy.node import Node
+    import dexwm_ros.node_runner as runner
     from dexwm_ros.node_runner import run_node
     from dexwm_robot.config import ConfigError
 
@@ -37,7 +39,14 @@ NODE_SCRIPT = textwrap.dedent("""
             self.ticks += 1
 
         def close(self):
+            if MODE == "hang_close":
+                time.sleep(3600)
             print(f"probe closed after {self.ticks} ticks", flush=True)
+
+    if MODE.startswith("hang"):
+        runner.STOP_DEADLINE_S = 2.0
+    if MODE == "hang_teardown":  # the middleware's teardown never returns
+        rclpy.try_shutdown = lambda *a, **k: time.sleep(3600)
 
     until = (lambda node: node.ticks >= 50) if MODE == "job" else None
     sys.exit(run_node(Busy, "probe_node", fatal={LookupError: 7}, until=until, exit_code=lambda node: 3))
@@ -88,3 +97,20 @@ def test_until_ends_the_spin_with_the_nodes_exit_code():
     assert proc.returncode == 3, out
     ticks = int(out.split("probe closed after ")[1].split()[0])
     assert ticks >= 50, out
+
+
+@pytest.mark.parametrize("mode, code, where", [("hang_close", 1, "its callbacks or close()"),
+                                               ("hang_teardown", 0, "its middleware teardown")])
+def test_a_node_that_hangs_after_the_stop_signal_shows_its_threads_and_exits(mode, code, where):
+    proc = _start(mode)
+    _wait_up(proc)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the node hung past its stop deadline: {proc.communicate()[0]}")
+    assert proc.returncode == code, out
+    assert f"probe_node: still running 2 s after the stop signal (hung in {where})" in out, out
+    assert "Thread 0x" in out or "Current thread" in out, out  # the stacks of its threads
+    assert ("probe closed after" in out) == (mode == "hang_teardown"), out
