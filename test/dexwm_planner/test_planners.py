@@ -478,3 +478,51 @@ def test_object_term_compares_the_object_heads_centres_with_the_goals(world_mode
     assert bool(torch.isnan(sb.goal_objects).all())
     assert float(blind.evaluate(sb, samples, details=True).objects.abs().max()) == 0.0
     assert hand_distance(torch.zeros(2, 3, 2), sb.goal_objects, (112, 112)).abs().max() == 0
+
+
+def test_approach_term_charges_low_hands_off_the_goal_rays_only(world_model, fk, frames, home):
+    """cost.approach_weight: a hand keypoint pays for being below approach_height above the table while it is
+    more than approach_radius off the ray through its goal keypoint; the goal pose itself and high poses pay 0."""
+    from dexwm_planner.planners.approach import approach_violation, goal_rays
+    from dexwm_planner.planners.workspace import workspace_floor
+
+    base = small_config(horizon=2).replace(cost={"hand_weight": 1.0, "hand_source": "fk", "approach_weight": 0.0})
+    free = make_planner(world_model, fk, base)
+    charged = make_planner(world_model, fk, base.replace(cost={"approach_weight": 10.0, "approach_height": 0.15,
+                                                               "approach_radius": 0.04}))
+    # goal: the hand low over the table (shoulder and elbow forward); its keypoints are the goal pixels
+    goal_q = torch.as_tensor(home, dtype=torch.float32).clone()
+    goal_q[1] += 1.2
+    goal_q[3] += 0.9
+    goal_uv = free.kin.hand_pixels(goal_q).float()
+    goal_xyz = charged.kin.evaluate(torch.as_tensor(home, dtype=torch.float32), goal_q[None, None]).hand_xyz[0, 0]
+    floor = workspace_floor()
+    assert float(goal_xyz[:, 2].min()) - floor < 0.15  # the goal is low: only its rays let the hand down there
+    obs = observation(frames, home, goal_keypoints=goal_uv.numpy())
+    s_free, s = free.prepare(obs), charged.prepare(obs)
+    assert s_free.goal_rays is None
+    origin, dirs = s.goal_rays
+    # each ray passes through its goal keypoint
+    rel = goal_xyz.double() - origin.double()
+    off = rel - (rel * dirs.double()).sum(-1, keepdim=True) * dirs.double()
+    assert float(off.norm(dim=-1).max()) < 1e-4
+    # the hand low beside the goal (base turned 0.5 rad): charged; at the goal and at home: not
+    beside = goal_q.clone()
+    beside[0] += 0.5
+    samples = torch.stack([torch.as_tensor(home, dtype=torch.float32).repeat(2, 1), goal_q.repeat(2, 1),
+                           beside.repeat(2, 1)])
+    det = charged.evaluate(s, samples, details=True)
+    extra = det.total - free.evaluate(s_free, samples)
+    assert float(det.approach[0].abs().max()) == 0.0 and float(det.approach[1].abs().max()) < 1e-6
+    assert float(det.approach[2].min()) > 0.1
+    torch.testing.assert_close(extra, (10.0 * det.approach.double() * s.weights.double()).sum(-1).to(extra))
+    # the formula on hand-made points: a point on the table one radius past its ray costs 1; unknown rays drop out
+    o = torch.zeros(3, dtype=torch.float64)
+    d = torch.tensor([[0.0, 0.0, -1.0], [float("nan")] * 3], dtype=torch.float64)
+    pts = torch.tensor([[[0.08, 0.0, 0.0], [5.0, 5.0, 0.0]]], dtype=torch.float64)
+    assert float(approach_violation(pts, o, d, 0.0, 0.15, 0.04)[0]) == pytest.approx(1.0)
+    assert float(approach_violation(pts + torch.tensor([0, 0, 0.2]), o, d, 0.0, 0.15, 0.04)[0]) == 0.0
+    assert float(approach_violation(pts, o, torch.full_like(d, float("nan")), 0.0, 0.15, 0.04)[0]) == 0.0
+    uv = torch.tensor([[56.0, 56.0]])
+    o2, d2 = goal_rays(uv, free.camera)
+    assert torch.isclose(d2.norm(dim=-1), torch.ones(1, dtype=d2.dtype)).all()

@@ -121,8 +121,14 @@ class CostConfig:
     workspace_margin: float = 0.01
     object_weight: float = 0.0
     object_min_confidence: float = 0.3
+    approach_weight: float = 0.0
+    approach_height: float = 0.15
+    approach_radius: float = 0.04
 
     def __post_init__(self) -> None:
+        _number("cost.approach_weight", self.approach_weight, 0.0)
+        _number("cost.approach_height", self.approach_height, 0.0, strict=True)
+        _number("cost.approach_radius", self.approach_radius, 0.0, strict=True)
         _number("cost.object_weight", self.object_weight, 0.0)
         _number("cost.object_min_confidence", self.object_min_confidence, 0.0)
         _number("cost.step_weight_exponent", self.step_weight_exponent, 0.0)
@@ -140,6 +146,11 @@ class CostConfig:
     @property
     def uses_objects(self) -> bool:
         return self.object_weight > 0
+
+    @property
+    def uses_approach(self) -> bool:
+        """The approach term needs the goal's hand keypoints (its rays), so only with the hand term on."""
+        return self.approach_weight > 0 and self.uses_hand
 
 
 @dataclass

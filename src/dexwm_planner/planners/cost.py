@@ -2,7 +2,7 @@
 
 For a sample with predicted latents ``z_1..z_T`` (``(P, d)`` each)::
 
-    cost = sum_t w_t * ( latent_t + mu * hand_t + beta * orientation_t + rho * object_t )
+    cost = sum_t w_t * ( latent_t + mu * hand_t + beta * orientation_t + rho * object_t + alpha * approach_t )
 
 * ``latent_t = mean over tokens of ||z_t[p] - z_goal[p]||^2`` (squared L2 over the width, mean over the P
   tokens);
@@ -13,6 +13,8 @@ For a sample with predicted latents ``z_1..z_T`` (``(P, d)`` each)::
 * ``object_t``: mean pixel distance between the object centres the world model's object head reads out of the
   predicted latent at step t and those it reads on the goal image (objects the goal does not show clearly --
   heat-map peak below ``object_min_confidence`` -- are left out);
+* ``approach_t``: the approach term of :mod:`dexwm_planner.planners.approach` (hand keypoints low and off the
+  rays through the goal's keypoints), weight ``alpha = cost.approach_weight`` (our addition, 0 = off);
 * ``w_t`` proportional to ``t ** step_weight_exponent`` (t = 1..T), normalised to sum 1.
 """
 
@@ -55,7 +57,7 @@ def hand_distance(uv: Tensor, goal_uv: Tensor, image_hw: tuple[int, int]) -> Ten
 
 
 def total_cost(cfg: CostConfig, weights: Tensor, latent: Tensor, hand: Tensor | None,
-               palm_down: Tensor | None, objects: Tensor | None = None) -> Tensor:
+               palm_down: Tensor | None, objects: Tensor | None = None, approach: Tensor | None = None) -> Tensor:
     """Per-step terms ``(n, T)`` -> ``(n,)``; ``palm_down`` is the cosine between the palm normal and down."""
     per_step = latent.to(torch.float64)
     if hand is not None and cfg.uses_hand:
@@ -64,4 +66,6 @@ def total_cost(cfg: CostConfig, weights: Tensor, latent: Tensor, hand: Tensor | 
         per_step = per_step + cfg.orientation_weight * (1.0 - palm_down.to(torch.float64))
     if objects is not None and cfg.uses_objects:
         per_step = per_step + cfg.object_weight * objects.to(torch.float64)
+    if approach is not None and cfg.uses_approach:
+        per_step = per_step + cfg.approach_weight * approach.to(torch.float64)
     return (per_step * weights.to(per_step.device)).sum(-1)

@@ -97,6 +97,7 @@ class PlanKinematicsOutput:
     actions: Tensor  # (N, T, 132)
     hand_uv: Tensor | None  # (N, T, 6, 2) right wrist + 5 tips, pixels of the model's input image
     palm_down: Tensor | None  # (N, T) cosine between the palm normal and "down"
+    hand_xyz: Tensor | None = None  # (N, T, 6, 3) the hand keypoints in the world (robot base) frame
 
 
 class PlanKinematics:
@@ -148,11 +149,11 @@ class PlanKinematics:
         disp = ((rest - prev) @ pose[:3, :3]).flatten(-2)  # right-hand displacements in the camera frame
         actions = torch.zeros(n, t, ACTION_DIM, dtype=dtype, device=q.device)
         actions[..., RIGHT_HAND] = disp
-        hand_uv = None
+        hand_uv = pts = None
         if hand:
             pts = rest.index_select(2, tips)  # (N, T, 6, 3)
             hand_uv = project(world_to_camera(pts, pose[:3, :3], pose[:3, 3]), K)
-        return PlanKinematicsOutput(actions=actions, hand_uv=hand_uv, palm_down=palm_down)
+        return PlanKinematicsOutput(actions=actions, hand_uv=hand_uv, palm_down=palm_down, hand_xyz=pts)
 
     def hand_pixels(self, joints: Tensor) -> Tensor:
         """Pixels ``(..., 6, 2)`` of the right wrist + 5 tips for joint vectors ``(..., 23)`` (e.g. a goal pose)."""

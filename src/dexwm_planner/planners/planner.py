@@ -30,7 +30,8 @@ from dexwm_model.kinematics.panda_allegro import NUM_ROBOT_JOINTS, PandaAllegroF
 from dexwm_model.world_model import WorldModel
 from dexwm_planner.planners.config import PlannerConfig, load_planner_config
 from dexwm_planner.planners.cost import hand_distance, latent_distance, step_weights, total_cost
-from dexwm_planner.planners.workspace import PlanWorkspace
+from dexwm_planner.planners.approach import approach_violation, goal_rays
+from dexwm_planner.planners.workspace import PlanWorkspace, workspace_floor
 from dexwm_planner.planners.kinematics import (
     NUM_HAND_POINTS,
     RIGHT_HEATMAPS,
@@ -98,6 +99,7 @@ class ReplanState:
     weights: Tensor  # (T,) float64
     seconds: float = 0.0
     goal_objects: Tensor | None = None  # (M, 2) float32 object centres on the goal image, NaN = not shown
+    goal_rays: tuple[Tensor, Tensor] | None = None  # camera centre (3,), directions (6, 3) through goal_uv
 
 
 @dataclass
@@ -109,6 +111,7 @@ class CostDetails:
     hand_uv: Tensor | None  # (N, T, 6, 2) the keypoints the hand term compared
     fk_uv: Tensor | None = field(default=None)  # (N, T, 6, 2) projected FK (always with details)
     objects: Tensor | None = None  # (N, T) the object term (with cost.object_weight > 0)
+    approach: Tensor | None = None  # (N, T) the approach term (with cost.approach_weight > 0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,6 +156,7 @@ class Planner:
         cost = self.config.cost
         self.workspace = (PlanWorkspace.from_safety_config(fk, cost.workspace_margin) if cost.workspace_weight > 0
                           else None)
+        self.floor = workspace_floor() if cost.uses_approach else 0.0  # the table under the approach term
         low, high = sim_joint_limits() if joint_limits is None else joint_limits
         low = torch.as_tensor(np.asarray(low, dtype=np.float64), dtype=torch.float32)
         high = torch.as_tensor(np.asarray(high, dtype=np.float64), dtype=torch.float32)
@@ -308,7 +312,8 @@ class Planner:
             goal_uv = kp.to(dev) if kp is not None else self.goal_keypoints(goal)
         state = ReplanState(rollout=plan, goal=goal[None], goal_uv=goal_uv, joints=joints.to(dev),
                             weights=step_weights(self.horizon, cfg.cost.step_weight_exponent, dev),
-                            goal_objects=self.goal_objects(goal) if cfg.cost.uses_objects else None)
+                            goal_objects=self.goal_objects(goal) if cfg.cost.uses_objects else None,
+                            goal_rays=goal_rays(goal_uv, self.camera) if cfg.cost.uses_approach else None)
         self._sync()
         state.seconds = time.perf_counter() - t0
         return state
@@ -341,7 +346,7 @@ class Planner:
         samples = samples.to(self.device)
         fk_hand = cfg.uses_hand and cfg.hand_source == "fk"
         head = cfg.uses_hand and cfg.hand_source == "head"
-        kin = self.kin.evaluate(state.joints, samples, hand=fk_hand or details,
+        kin = self.kin.evaluate(state.joints, samples, hand=fk_hand or details or cfg.uses_approach,
                                 orientation=cfg.orientation_weight > 0 or details)
         n, cs = samples.shape[0], self.chunk_size
         objects = cfg.uses_objects
@@ -358,13 +363,17 @@ class Planner:
         obj_term = torch.cat(obj_parts) if objects else None
         hand_uv = torch.cat(uv_parts) if head else (kin.hand_uv if fk_hand else None)
         hand = hand_distance(hand_uv, state.goal_uv, self.camera.image_hw) if hand_uv is not None else None
-        total = total_cost(cfg, state.weights, latent, hand, kin.palm_down, obj_term)
+        approach = None
+        if state.goal_rays is not None:
+            approach = approach_violation(kin.hand_xyz, *state.goal_rays, self.floor, cfg.approach_height,
+                                          cfg.approach_radius)
+        total = total_cost(cfg, state.weights, latent, hand, kin.palm_down, obj_term, approach)
         if self.workspace is not None:
             total = total + cfg.workspace_weight * self.workspace.violation(state.joints, samples).to(total)
         if not details:
             return total
         return CostDetails(total=total, latent=latent, hand=hand, palm_down=kin.palm_down, hand_uv=hand_uv,
-                           fk_uv=kin.hand_uv, objects=obj_term)
+                           fk_uv=kin.hand_uv, objects=obj_term, approach=approach)
 
     @torch.no_grad()
     def plan(self, obs: PlanObservation | ReplanState, generator: torch.Generator | None = None) -> PlanResult:
@@ -386,7 +395,8 @@ class Planner:
         terms = {"weight": w, "latent": det.latent[0].tolist(),
                  "hand": det.hand[0].tolist() if det.hand is not None else [],
                  "orientation": (1.0 - det.palm_down[0].double()).tolist(),
-                 "objects": det.objects[0].tolist() if det.objects is not None else []}
+                 "objects": det.objects[0].tolist() if det.objects is not None else [],
+                 "approach": det.approach[0].tolist() if det.approach is not None else []}
         self._sync()
         t3 = time.perf_counter()
         self._previous = res.best.clone()

@@ -22,6 +22,13 @@ from torch import Tensor
 from dexwm_hw.safety.workspace import BoxSpec, excess, joint_path, shrink
 
 
+def workspace_floor() -> float:
+    """The floor of the safety layer's workspace box (``config/controllers.yaml``): the table top, m."""
+    from dexwm_hw.safety.config import load_safety_config
+
+    return float(load_safety_config().workspace_min[2])
+
+
 class PlanWorkspace:
     def __init__(self, fk, lower: Sequence[float], upper: Sequence[float], point_names: Sequence[str],
                  path_samples: int) -> None:
