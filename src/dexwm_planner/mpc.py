@@ -414,7 +414,7 @@ class GoalImageMPC:
         if not self._frames:
             raise MPCNotReady("plan: no camera frame observed since the goal was set (call observe(image, joints, "
                               "t) first)")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         p = self.planner
         newest = self._frames[-1]
         state = p.prepare(self.observation())
@@ -445,7 +445,8 @@ class GoalImageMPC:
             "iterations": [asdict(s) for s in result.iterations], "terms": result.terms,
             "hand_source": result.hand_source, "fk_keypoints": np.round(fk_uv, 3).tolist(),
             "context_frames": len(self._frames), "context_times": [f.t for f in self._frames],
-            "timing": {**result.timing, "prepare_s": state.seconds, "predict_best_s": t2 - t1, "total_s": t2 - t0},
+            "timing": {**result.timing, "prepare_s": state.seconds, "predict_best_s": t2 - t1, "total_s": t2 - t0,
+                       "thread_cpu_s": time.thread_time() - cpu0},  # CPU time of the planning thread itself
             "prediction_error": None, "predicted_dt_s": None, "actual_dt_s": None,
         }
         if self._last_error is not None:

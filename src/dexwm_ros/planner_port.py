@@ -45,6 +45,8 @@ class _Progress:
     best_cost: float = math.nan
     planning_time: float = 0.0
     replan_times: list = field(default_factory=list)
+    replan_cpu_times: list = field(default_factory=list)  # CPU s of the planning thread per replan (wall / CPU > 1:
+    # the thread waited for a core or the GIL)
     latencies: list = field(default_factory=list)  # image arrival -> first waypoint published, s
     frame_waits: list = field(default_factory=list)  # s waiting for a fresh frame after a move
     executions: list = field(default_factory=list)  # s from publishing a waypoint to its arrival
@@ -131,6 +133,9 @@ class RosPort:
         prog.cost = self.mpc.observation_cost()
         prog.planning_time = float(step.planning_time_s)
         prog.replan_times.append(prog.planning_time)
+        cpu = ((step.info or {}).get("timing") or {}).get("thread_cpu_s")
+        if cpu is not None:
+            prog.replan_cpu_times.append(float(cpu))
         self.cost_monitor.update(prog.cost)
         prog.predicted = self.node._predicted_keypoints(step.plan[-1])
         self.node._publish_plan(self.spec, prog, step, q)
@@ -300,6 +305,8 @@ def finish(node, handle, spec, prog: _Progress, t0: float, reason: str, message:
     metrics = dict(monitor.metrics()) if monitor is not None else {}
     if prog.replan_times:
         metrics["mean_replan_time_s"] = float(np.mean(prog.replan_times))
+        if prog.replan_cpu_times:
+            metrics["mean_replan_cpu_s"] = float(np.mean(prog.replan_cpu_times))
         metrics["loop_rate_hz"] = prog.replans / duration if duration > 0 else 0.0
     for name, values in (("mean_image_to_command_s", prog.latencies), ("mean_frame_wait_s", prog.frame_waits),
                          ("mean_execute_s", prog.executions)):
