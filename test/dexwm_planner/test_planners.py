@@ -526,3 +526,36 @@ def test_approach_term_charges_low_hands_off_the_goal_rays_only(world_model, fk,
     uv = torch.tensor([[56.0, 56.0]])
     o2, d2 = goal_rays(uv, free.camera)
     assert torch.isclose(d2.norm(dim=-1), torch.ones(1, dtype=d2.dtype)).all()
+
+
+def test_focused_latent_term_weights_the_tokens_around_the_goal_hand(world_model, fk, frames, home):
+    """cost.latent_focus: the latent term becomes a weighted mean over tokens, (1 - a) spread evenly and a on a
+    Gaussian bump around the goal's hand keypoints; 0 keeps the paper's plain mean."""
+    from dexwm_planner.planners.cost import focus_weights, latent_distance
+
+    grid, hw = world_model.grid, (IMAGE, IMAGE)
+    uv = torch.tensor([[20.0, 90.0], [float("nan"), float("nan")]])
+    assert focus_weights(uv, grid, hw, 0.0, 14.0) is None
+    assert focus_weights(torch.full((2, 2), float("nan")), grid, hw, 0.5, 14.0) is None
+    w = focus_weights(uv, grid, hw, 0.8, 10.0)
+    p = grid[0] * grid[1]
+    assert w.shape == (p,) and float(w.sum()) == pytest.approx(1.0) and float(w.min()) >= 0.2 / p - 1e-12
+    row, col = int(90 // (IMAGE / grid[0])), int(20 // (IMAGE / grid[1]))  # the token under (u, v) = (20, 90)
+    assert int(w.argmax()) == row * grid[1] + col
+    pred, goal = torch.randn(3, p, LATENT), torch.randn(1, p, LATENT)
+    torch.testing.assert_close(latent_distance(pred, goal, w), (((pred - goal) ** 2).sum(-1).double() @ w).float())
+    base = small_config(horizon=2).replace(cost={"hand_weight": 1.0, "latent_focus": 0.0})
+    plain = make_planner(world_model, fk, base)
+    focused = make_planner(world_model, fk, base.replace(cost={"latent_focus": 0.8, "latent_focus_sigma_px": 10.0}))
+    goal_uv = np.array([[20.0, 90.0]] * 6)
+    obs = observation(frames, home, goal_keypoints=goal_uv)
+    s_plain, s = plain.prepare(obs), focused.prepare(obs)
+    assert s_plain.token_weights is None
+    torch.testing.assert_close(s.token_weights, w.to(s.token_weights))
+    samples = torch.as_tensor(home, dtype=torch.float32)[None, None].repeat(2, 2, 1)
+    samples[1, :, :7] += 0.2
+    d_plain, d = plain.evaluate(s_plain, samples, details=True), focused.evaluate(s, samples, details=True)
+    torch.testing.assert_close(d.hand, d_plain.hand)  # only the latent term changes
+    assert not torch.allclose(d.latent, d_plain.latent)
+    with pytest.raises(ValueError, match="focused latent"):
+        ReferencePattern(world_model, base.replace(cost={"latent_focus": 0.5}), plain.camera)

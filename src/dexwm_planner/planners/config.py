@@ -124,8 +124,13 @@ class CostConfig:
     approach_weight: float = 0.0
     approach_height: float = 0.15
     approach_radius: float = 0.04
+    latent_focus: float = 0.0
+    latent_focus_sigma_px: float = 14.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= _number("cost.latent_focus", self.latent_focus) <= 1.0:
+            raise ConfigError(f"cost.latent_focus: expected a value in [0, 1], found {self.latent_focus!r}")
+        _number("cost.latent_focus_sigma_px", self.latent_focus_sigma_px, 0.0, strict=True)
         _number("cost.approach_weight", self.approach_weight, 0.0)
         _number("cost.approach_height", self.approach_height, 0.0, strict=True)
         _number("cost.approach_radius", self.approach_radius, 0.0, strict=True)
@@ -146,6 +151,11 @@ class CostConfig:
     @property
     def uses_objects(self) -> bool:
         return self.object_weight > 0
+
+    @property
+    def uses_focus(self) -> bool:
+        """The focused latent term centres on the goal's hand keypoints, so only with the hand term on."""
+        return self.latent_focus > 0 and self.uses_hand
 
     @property
     def uses_approach(self) -> bool:

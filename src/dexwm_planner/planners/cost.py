@@ -5,7 +5,10 @@ For a sample with predicted latents ``z_1..z_T`` (``(P, d)`` each)::
     cost = sum_t w_t * ( latent_t + mu * hand_t + beta * orientation_t + rho * object_t + alpha * approach_t )
 
 * ``latent_t = mean over tokens of ||z_t[p] - z_goal[p]||^2`` (squared L2 over the width, mean over the P
-  tokens);
+  tokens, as the paper); with ``cost.latent_focus = a > 0`` a weighted mean instead, ``sum_p w_p ||.||^2`` with
+  ``w_p = (1 - a) / P + a * g_p / sum g``, ``g_p`` a Gaussian bump (``latent_focus_sigma_px``) around the goal's
+  hand keypoints at the token's patch centre: the few tokens where the hand meets the object weigh as much as the
+  rest of the image (our addition; 0 = the paper's mean);
 * ``hand_t``: mean pixel distance between the right hand's wrist + 5 fingertips at step t and the goal's
   (keypoints the goal does not have -- NaN -- are left out; a keypoint that cannot be projected costs the
   image diagonal);
@@ -35,11 +38,34 @@ def step_weights(horizon: int, exponent: float, device: torch.device | None = No
     return w / w.sum()
 
 
-def latent_distance(pred: Tensor, goal: Tensor) -> Tensor:
-    """``pred (n, P, d)``, ``goal (1 or n, P, d)`` -> ``(n,)`` mean over tokens of the squared L2 distance (fp32+)."""
+def latent_distance(pred: Tensor, goal: Tensor, token_weights: Tensor | None = None) -> Tensor:
+    """``pred (n, P, d)``, ``goal (1 or n, P, d)`` -> ``(n,)`` mean over tokens of the squared L2 distance (fp32+);
+    with ``token_weights (P,)`` (summing to 1) their weighted sum instead."""
     work = torch.promote_types(pred.dtype, torch.float32)
     diff = pred.to(work) - goal.to(work)
-    return (diff * diff).sum(-1).mean(-1)
+    per_token = (diff * diff).sum(-1)
+    if token_weights is None:
+        return per_token.mean(-1)
+    return per_token @ token_weights.to(per_token)
+
+
+def focus_weights(goal_uv: Tensor, grid: tuple[int, int], image_hw: tuple[int, int], focus: float,
+                  sigma_px: float) -> Tensor | None:
+    """Token weights ``(P,)`` (row-major patch grid, summing to 1) of the focused latent term (module doc), or None
+    (the plain mean) when ``focus`` is 0 or the goal shows no hand keypoint."""
+    known = torch.isfinite(goal_uv).all(-1)
+    if focus <= 0 or not bool(known.any()):
+        return None
+    hp, wp = grid
+    h, w = image_hw
+    v = (torch.arange(hp, dtype=torch.float64) + 0.5) * (h / hp)
+    u = (torch.arange(wp, dtype=torch.float64) + 0.5) * (w / wp)
+    centres = torch.stack(torch.meshgrid(u, v, indexing="xy"), -1).reshape(-1, 2)  # (P, 2) as (u, v), row-major
+    kp = goal_uv[known].to(torch.float64).cpu()
+    d2 = ((centres[:, None] - kp[None]) ** 2).sum(-1)  # (P, K)
+    bump = torch.exp(-d2 / (2.0 * float(sigma_px) ** 2)).max(-1).values
+    p = centres.shape[0]
+    return ((1.0 - focus) / p + focus * bump / bump.sum()).to(goal_uv.device)
 
 
 def hand_distance(uv: Tensor, goal_uv: Tensor, image_hw: tuple[int, int]) -> Tensor:

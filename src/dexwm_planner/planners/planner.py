@@ -29,7 +29,7 @@ from torch import Tensor
 from dexwm_model.kinematics.panda_allegro import NUM_ROBOT_JOINTS, PandaAllegroFK
 from dexwm_model.world_model import WorldModel
 from dexwm_planner.planners.config import PlannerConfig, load_planner_config
-from dexwm_planner.planners.cost import hand_distance, latent_distance, step_weights, total_cost
+from dexwm_planner.planners.cost import focus_weights, hand_distance, latent_distance, step_weights, total_cost
 from dexwm_planner.planners.approach import approach_violation, goal_rays
 from dexwm_planner.planners.workspace import PlanWorkspace, workspace_floor
 from dexwm_planner.planners.kinematics import (
@@ -100,6 +100,7 @@ class ReplanState:
     seconds: float = 0.0
     goal_objects: Tensor | None = None  # (M, 2) float32 object centres on the goal image, NaN = not shown
     goal_rays: tuple[Tensor, Tensor] | None = None  # camera centre (3,), directions (6, 3) through goal_uv
+    token_weights: Tensor | None = None  # (P,) of the focused latent term (None: the plain mean over tokens)
 
 
 @dataclass
@@ -313,7 +314,10 @@ class Planner:
         state = ReplanState(rollout=plan, goal=goal[None], goal_uv=goal_uv, joints=joints.to(dev),
                             weights=step_weights(self.horizon, cfg.cost.step_weight_exponent, dev),
                             goal_objects=self.goal_objects(goal) if cfg.cost.uses_objects else None,
-                            goal_rays=goal_rays(goal_uv, self.camera) if cfg.cost.uses_approach else None)
+                            goal_rays=goal_rays(goal_uv, self.camera) if cfg.cost.uses_approach else None,
+                            token_weights=(focus_weights(goal_uv, self.model.grid, self.camera.image_hw,
+                                                         cfg.cost.latent_focus, cfg.cost.latent_focus_sigma_px)
+                                           if cfg.cost.uses_focus else None))
         self._sync()
         state.seconds = time.perf_counter() - t0
         return state
@@ -328,7 +332,7 @@ class Planner:
         obj: list[Tensor] = []
 
         def on_step(s: int, pred: Tensor) -> None:
-            lat.append(latent_distance(pred, state.goal))
+            lat.append(latent_distance(pred, state.goal, state.token_weights))
             if head:
                 uv.append(self.model.hand_keypoints(pred)[0][:, RIGHT_HEATMAPS].float())
             if objects:
