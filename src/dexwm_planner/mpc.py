@@ -108,10 +108,12 @@ def planner_profiles(file: str | Path = CONFIG_FILE) -> dict[str, dict]:
 
 
 def mpc_planner_config(task: str | None = None, profile: str | None = None, method: str | None = None,
-                       device: str | None = None, file: str | Path = CONFIG_FILE) -> PlannerConfig:
-    """``config/planner.yaml`` with the task's overrides, then the ``profile``'s changes (``planner_profiles``
-    in ``config/mpc.yaml``: ``paper``, ``cpu``, ``quick``), then ``method`` (cem | mppi) and ``device``."""
-    cfg = load_planner_config(task)
+                       device: str | None = None, file: str | Path = CONFIG_FILE,
+                       planner_file: str | Path | None = None) -> PlannerConfig:
+    """``config/planner.yaml`` (or ``planner_file``) with the task's overrides, then the ``profile``'s changes
+    (``planner_profiles`` in ``config/mpc.yaml``: ``paper``, ``cpu``, ``quick``), then ``method`` (cem | mppi) and
+    ``device``."""
+    cfg = load_planner_config(task) if planner_file is None else load_planner_config(task, file=planner_file)
     if profile is not None:
         profiles = planner_profiles(file)
         if profile not in profiles:
@@ -458,11 +460,13 @@ class GoalImageMPC:
 
 
 def build_mpc(model: WorldModel, task: str | None = None, profile: str | None = None, method: str | None = None,
-              device: str | None = None, mpc_config: MPCConfig | None = None) -> GoalImageMPC:
+              device: str | None = None, mpc_config: MPCConfig | None = None,
+              planner_file: str | Path | None = None) -> GoalImageMPC:
     """A :class:`GoalImageMPC` on an already loaded ``model`` (several tasks can share one model), with the planner
-    config composed by :func:`mpc_planner_config` and ``mpc.execute_steps`` applied to it."""
+    config composed by :func:`mpc_planner_config` (from ``planner_file`` instead of ``config/planner.yaml`` when
+    given) and ``mpc.execute_steps`` applied to it."""
     mpc_config = load_mpc_config() if mpc_config is None else mpc_config
-    cfg = mpc_planner_config(task, profile, method, device)
+    cfg = mpc_planner_config(task, profile, method, device, planner_file=planner_file)
     if mpc_config.execute_steps is not None:
         cfg = cfg.replace(planner={"execute_steps": mpc_config.execute_steps})
     mpc = GoalImageMPC(model, Planner(model, cfg), mpc_config)

@@ -94,6 +94,21 @@ def test_cli_reports_percentiles_per_point(tmp_path, capsys):
         # the hand-only ranking is exact FK against the goal keypoints: the demo's later point is nearer the goal
         assert p["context_frames"] >= 1 and p["demo_move_rad"] >= 0
     assert ep["points"][0]["t_s"] < ep["points"][1]["t_s"]
+    # --planner-config is the parameter file the planner is built from: a hand weight of 0 there leaves the
+    # configured ranking to the latent term alone
+    from dexwm_robot.config import config_dir
+
+    text = (config_dir() / "planner.yaml").read_text().replace("cost: {hand_weight: 1.0}", "cost: {hand_weight: 0.0}")
+    own = tmp_path / "planner.yaml"
+    own.write_text(text)
+    code = main(["bench", "diagnose", "--checkpoint", str(ckpt), "--task", "reach", "--episodes", "0",
+                 "--samples", "16", "--fractions", "0.2,0.6", "--profile", "quick", "--threads", "1",
+                 "--planner-config", str(own), "--out", str(out)])
+    assert code == 0
+    rep = json.loads(out.read_text())
+    assert rep["tasks"]["reach"]["planner"]["hand_weight"] == 0.0
+    for p in rep["tasks"]["reach"]["episodes"][0]["points"]:
+        assert p["configured"]["demo_percentile"] == p["latent_only"]["demo_percentile"]
 
 
 def test_cli_rejects_a_missing_checkpoint(tmp_path):

@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     t_all = time.perf_counter()
     try:
         for task in (TASKS if args.task == "all" else (args.task,)):
-            mpc = build_mpc(model, task, args.profile, None, "cpu", mpc_cfg)
+            mpc = build_mpc(model, task, args.profile, None, "cpu", mpc_cfg, planner_file=args.planner_config)
             spacing = args.spacing or mpc.planner.config.planner.step_dt
             pc = mpc.planner.config
             episodes, points = [], []
