@@ -68,6 +68,10 @@ class SafetyNode(Node):
           "3 values x, y, z above workspace_min")
         d("workspace_points", cfg.workspace_points, "FK sites (dexwm_model.kinematics.PandaAllegroFK) that must stay "
           "inside the workspace box", "at least one site name, e.g. allegro/palm_center")
+        d("workspace_tip_points", cfg.workspace_tip_points, "the fingertip sites among workspace_points, whose floor "
+          "is workspace_tip_min_z instead of workspace_min's z", "names listed in workspace_points")
+        d("workspace_tip_min_z", cfg.workspace_tip_min_z, "floor of the fingertip sites in panda_link0, m (a grasp "
+          "presses the fingertip pads on the table)", "below workspace_max's z")
         d("workspace_path_samples", cfg.workspace_path_samples, "points checked along the joint-space path to the "
           "target (1 = the target alone)", irng=(1, 100))
         d("joint_states_timeout", cfg.joint_states_timeout, "s without /joint_states for any joint before the robot "
@@ -90,7 +94,7 @@ class SafetyNode(Node):
         from dexwm_model.kinematics.panda_allegro import PandaAllegroFK  # torch + the scene: only when needed
 
         try:
-            workspace = WorkspaceBox.from_fk(PandaAllegroFK.default(), self.cfg.workspace_min, self.cfg.workspace_max,
+            workspace = WorkspaceBox.from_fk(PandaAllegroFK.default(), self.cfg.point_lower(), self.cfg.workspace_max,
                                              self.cfg.workspace_points, self.cfg.workspace_path_samples)
         except ValueError as exc:
             raise ConfigError(f"parameter {exc}") from exc

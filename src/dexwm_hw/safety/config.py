@@ -29,6 +29,8 @@ class SafetyConfig:
     workspace_max: list[float]            # m
     workspace_points: list[str]           # FK sites that must stay inside the box
     workspace_path_samples: int           # points checked along the joint-space path (>= 1: the target alone)
+    workspace_tip_points: list[str]       # of workspace_points: the fingertip sites, whose floor is ...
+    workspace_tip_min_z: float            # m: ... this instead of workspace_min's z (fingertips may touch the table)
     joint_states_timeout: float           # s; /joint_states older than this -> CONTROLLER_TIMEOUT
     image_timeout: float                  # s; 0 disables the camera watchdog
     image_topic: str
@@ -65,6 +67,13 @@ class SafetyConfig:
             raise ConfigError(f"{where}: workspace_points must name at least one FK site")
         if self.workspace_path_samples < 1:
             raise ConfigError(f"{where}: workspace_path_samples must be >= 1, got {self.workspace_path_samples}")
+        stray = [n for n in self.workspace_tip_points if n not in self.workspace_points]
+        if stray:
+            raise ConfigError(f"{where}: workspace_tip_points {stray} are not among workspace_points "
+                              f"{list(self.workspace_points)}")
+        if not np.isfinite(self.workspace_tip_min_z) or self.workspace_tip_min_z >= self.workspace_max[2]:
+            raise ConfigError(f"{where}: workspace_tip_min_z must be finite and below workspace_max's z "
+                              f"({self.workspace_max[2]}), got {self.workspace_tip_min_z}")
         for name in ("position_tolerance", "min_move_duration", "image_timeout", "waypoint_timeout",
                      "max_waypoint_age"):
             if getattr(self, name) < 0:
@@ -73,6 +82,15 @@ class SafetyConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{where}: {name} must be > 0, got {getattr(self, name)}")
         return self
+
+    def point_lower(self) -> np.ndarray:
+        """``(P, 3)`` lower bounds of each workspace point: ``workspace_min``, with ``workspace_tip_min_z`` as the
+        floor of the fingertip sites."""
+        lower = np.tile(np.asarray(self.workspace_min, dtype=np.float64), (len(self.workspace_points), 1))
+        for i, name in enumerate(self.workspace_points):
+            if name in self.workspace_tip_points:
+                lower[i, 2] = float(self.workspace_tip_min_z)
+        return lower
 
 
 def node_section(node_name: str, path: str = PARAMS_FILE) -> dict:

@@ -23,8 +23,9 @@ PointsFn = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class BoxSpec:
-    """The workspace box: ``lower`` < ``upper`` (3 values each, metres, base frame), the checked sites and the
-    samples of each straight joint-space path (``ValueError`` naming the problem)."""
+    """The workspace box: ``lower`` < ``upper`` (3 values each, metres, base frame; ``lower`` may also be one row
+    per checked site, ``(P, 3)``: the fingertips' floor below the palm's), the checked sites and the samples of each
+    straight joint-space path (``ValueError`` naming the problem)."""
 
     lower: np.ndarray
     upper: np.ndarray
@@ -35,8 +36,9 @@ class BoxSpec:
     def make(cls, lower: Sequence[float], upper: Sequence[float], point_names: Sequence[str],
              path_samples: int = 1) -> "BoxSpec":
         lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
-        if lo.shape != (3,) or hi.shape != (3,):
-            raise ValueError(f"lower/upper: expected 3 values (x, y, z), got shapes {lo.shape} and {hi.shape}")
+        if lo.shape not in ((3,), (len(point_names), 3)) or hi.shape != (3,):
+            raise ValueError(f"lower/upper: expected 3 values (x, y, z; lower also one row per site, "
+                             f"({len(point_names)}, 3)), got shapes {lo.shape} and {hi.shape}")
         if np.any(lo >= hi):
             raise ValueError(f"lower {lo.tolist()} must be below upper {hi.tolist()} on every axis")
         if path_samples < 1:
@@ -50,7 +52,7 @@ class BoxSpec:
         from dexwm_hw.safety.config import load_safety_config
 
         cfg = load_safety_config() if cfg is None else cfg
-        lower, upper = shrink(cfg.workspace_min, cfg.workspace_max, margin)
+        lower, upper = shrink(cfg.point_lower(), cfg.workspace_max, margin)
         return cls.make(lower, upper, cfg.workspace_points, cfg.workspace_path_samples)
 
     def path_fractions(self) -> np.ndarray:
@@ -58,9 +60,10 @@ class BoxSpec:
         return np.arange(1, self.path_samples + 1) / self.path_samples
 
 
-def shrink(lower: Sequence[float], upper: Sequence[float], margin: float) -> tuple[list[float], list[float]]:
-    """The bounds moved ``margin`` metres inwards on every side (the planner keeps that far from the walls)."""
-    return [v + margin for v in lower], [v - margin for v in upper]
+def shrink(lower, upper, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """The bounds (``(3,)`` or ``(P, 3)``) moved ``margin`` metres inwards on every side (the planner keeps that far
+    from the walls)."""
+    return np.asarray(lower, dtype=np.float64) + margin, np.asarray(upper, dtype=np.float64) - margin
 
 
 def joint_path(start, goal, samples: int):
@@ -139,7 +142,8 @@ class WorkspaceBox:
             pos = pts[b, p]
             for a in range(3):
                 if low[b, p, a] > 0:
-                    parts.append(f"{self.point_names[p]} {axes[a]} = {pos[a]:.3f} m < {self.lower[a]:.3f}")
+                    bound = self.lower[p, a] if self.lower.ndim == 2 else self.lower[a]
+                    parts.append(f"{self.point_names[p]} {axes[a]} = {pos[a]:.3f} m < {bound:.3f}")
                 elif high[b, p, a] > 0:
                     parts.append(f"{self.point_names[p]} {axes[a]} = {pos[a]:.3f} m > {self.upper[a]:.3f}")
         where = "at the target" if b == len(qs) - 1 else f"{fractions[b] * 100:.0f}% along the path to the target"

@@ -55,7 +55,7 @@ class PlanWorkspace:
         from dexwm_hw.safety.config import load_safety_config
 
         cfg = load_safety_config()
-        lower, upper = shrink(cfg.workspace_min, cfg.workspace_max, margin)
+        lower, upper = shrink(cfg.point_lower(), cfg.workspace_max, margin)
         return cls(fk, lower, upper, cfg.workspace_points, cfg.workspace_path_samples)
 
     def violation(self, current: Tensor, samples: Tensor) -> Tensor:
