@@ -132,6 +132,27 @@ def test_optimizer_finds_quadratic_minimum_inside_the_box(method):
         assert all(s.effective_samples is not None and 1.0 <= s.effective_samples <= 200 for s in res.iterations)
 
 
+def test_fine_fraction_draws_a_narrow_cloud_beside_the_wide_one():
+    """planner.fine_fraction: the last share of the samples has its spread scaled by fine_scale; 0 keeps one
+    Gaussian; bad values are refused."""
+    from dexwm_robot.config import ConfigError
+
+    base = load_planner_config().replace(planner={"samples": 400, "include_mean": True})
+    d = 3
+    opt = SamplingOptimizer(base.replace(planner={"fine_fraction": 0.5, "fine_scale": 0.1}).planner,
+                            -10 * torch.ones(d), 10 * torch.ones(d), torch.zeros(d))
+    x = opt.sample(torch.zeros(2, d), torch.ones(2, d), 400, torch.Generator().manual_seed(0))
+    assert bool((x[0] == 0).all())  # the mean stays sample 0
+    wide, narrow = x[1:200].std(), x[200:].std()
+    assert 0.8 < float(wide) < 1.2 and 0.08 < float(narrow) < 0.12
+    plain = SamplingOptimizer(base.planner, -10 * torch.ones(d), 10 * torch.ones(d), torch.zeros(d))
+    y = plain.sample(torch.zeros(2, d), torch.ones(2, d), 400, torch.Generator().manual_seed(0))
+    assert 0.8 < float(y[200:].std()) < 1.2
+    for bad in ({"fine_fraction": 1.0}, {"fine_scale": 0.0}, {"fine_scale": 1.5}):
+        with pytest.raises(ConfigError, match="fine_"):
+            base.replace(planner=bad)
+
+
 def test_optimizer_minimum_outside_the_box_ends_on_the_bound():
     cfg = load_planner_config().replace(planner={"samples": 100, "iterations": 25, "horizon": 1,
                                                  "cem": {"elites": 10}}).planner

@@ -76,6 +76,8 @@ class SearchConfig:
     seed: int = 0
     warm_start: bool = True
     execute_steps: int = 1
+    fine_fraction: float = 0.0
+    fine_scale: float = 0.25
     cem: CEMConfig = field(default_factory=CEMConfig)
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
 
@@ -91,6 +93,10 @@ class SearchConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"planner.seed: expected an integer >= 0, found {self.seed!r}")
         _number("planner.step_dt", self.step_dt, 0.0, strict=True)
+        if not 0.0 <= _number("planner.fine_fraction", self.fine_fraction) < 1.0:
+            raise ConfigError(f"planner.fine_fraction: expected a value in [0, 1), found {self.fine_fraction!r}")
+        if not 0.0 < _number("planner.fine_scale", self.fine_scale) <= 1.0:
+            raise ConfigError(f"planner.fine_scale: expected a value in (0, 1], found {self.fine_scale!r}")
         for name in ("init_std_arm", "init_std_hand"):
             _number(f"planner.{name}", getattr(self, name), 0.0, strict=True)
         for name in ("std_floor_arm", "std_floor_hand"):

@@ -9,7 +9,9 @@ them with ONE call of a batched cost function ``(N, T, D) -> (N,)`` and refits t
 * MPPI: weights ``softmax(-(c - min c) / lambda)`` (costs optionally scaled to [0, 1] first), mean and std of
   the weighted samples (or the std kept fixed).
 
-Either way the std is floored per dimension and the update can be smoothed with the previous distribution.
+With ``fine_fraction > 0`` that share of the samples is drawn with the std scaled by ``fine_scale``: a narrow
+cloud around the mean beside the wide one, so small corrections near a good plan are tried every iteration (our
+addition; 0 = one Gaussian). Either way the std is floored per dimension and the update can be smoothed with the previous distribution.
 The best sample seen in any iteration is returned. Nothing here knows about robots or world models: a
 quadratic cost plugs in just the same (the tests do).
 """
@@ -79,6 +81,9 @@ class SamplingOptimizer:
     def sample(self, mean: Tensor, std: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
         """``n`` clamped samples ``(n, T, D)`` of ``N(mean, std^2)`` (sample 0 = the mean with ``include_mean``)."""
         eps = torch.randn((n,) + tuple(mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
+        fine = int(round(self.config.fine_fraction * n))
+        if fine > 0:
+            eps[n - fine:] *= self.config.fine_scale
         if self.config.include_mean:
             eps[0] = 0.0
         return self.clamp(torch.addcmul(mean, std, eps))
