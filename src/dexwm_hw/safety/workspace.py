@@ -23,9 +23,9 @@ PointsFn = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class BoxSpec:
-    """The workspace box: ``lower`` < ``upper`` (3 values each, metres, base frame; ``lower`` may also be one row
-    per checked site, ``(P, 3)``: the fingertips' floor below the palm's), the checked sites and the samples of each
-    straight joint-space path (``ValueError`` naming the problem)."""
+    """The workspace box: ``lower`` < ``upper`` (3 values each, metres, base frame; ``lower`` may also be given as
+    one row per checked site, ``(P, 3)``: the fingertips' floor below the palm's, and is kept as ``(P, 3)`` either
+    way), the checked sites and the samples of each straight joint-space path (``ValueError`` naming the problem)."""
 
     lower: np.ndarray
     upper: np.ndarray
@@ -43,6 +43,7 @@ class BoxSpec:
             raise ValueError(f"lower {lo.tolist()} must be below upper {hi.tolist()} on every axis")
         if path_samples < 1:
             raise ValueError(f"path_samples: expected >= 1, got {path_samples}")
+        lo = np.broadcast_to(lo, (len(point_names), 3)).copy()  # one row per site: the bound of each point
         return cls(lo, hi, tuple(point_names), int(path_samples))
 
     @classmethod
@@ -142,8 +143,7 @@ class WorkspaceBox:
             pos = pts[b, p]
             for a in range(3):
                 if low[b, p, a] > 0:
-                    bound = self.lower[p, a] if self.lower.ndim == 2 else self.lower[a]
-                    parts.append(f"{self.point_names[p]} {axes[a]} = {pos[a]:.3f} m < {bound:.3f}")
+                    parts.append(f"{self.point_names[p]} {axes[a]} = {pos[a]:.3f} m < {self.lower[p, a]:.3f}")
                 elif high[b, p, a] > 0:
                     parts.append(f"{self.point_names[p]} {axes[a]} = {pos[a]:.3f} m > {self.upper[a]:.3f}")
         where = "at the target" if b == len(qs) - 1 else f"{fractions[b] * 100:.0f}% along the path to the target"
