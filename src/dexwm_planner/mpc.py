@@ -191,6 +191,20 @@ def _check_goal_keypoints(kp: Any) -> np.ndarray:
     return arr
 
 
+def _check_goal_depth(depth: Any) -> np.ndarray:
+    arr = np.asarray(depth, dtype=np.float64)
+    if arr.shape == (NUM_HEATMAPS,):
+        arr = arr[RIGHT_HEATMAPS]
+    if arr.shape != (NUM_HAND_POINTS,):
+        raise ValueError(f"set_goal: goal_depth must be ({NUM_HAND_POINTS},) camera depths of the right wrist + 5 tips "
+                         f"or ({NUM_HEATMAPS},), found shape {arr.shape}")
+    known = arr[np.isfinite(arr)]
+    if np.isinf(arr).any() or (known <= 0).any():
+        raise ValueError(f"set_goal: goal_depth must be positive depths in metres or NaN (unknown), found "
+                         f"{arr.tolist()}")
+    return arr
+
+
 class GoalImageMPC:
     """The goal-image MPC loop (module doc). ``model`` must be the planner's model."""
 
@@ -315,6 +329,7 @@ class GoalImageMPC:
         self._goal: Tensor | None = None
         self._goal_uv: np.ndarray | None = None
         self._goal_kp12: np.ndarray | None = None
+        self._goal_depth: np.ndarray | None = None
         self._frames: list[_Frame] = []
         self._pending: tuple[Tensor, float, float] | None = None  # predicted latent, its time, time planned at
         self._last_error: dict[str, float] | None = None
@@ -340,14 +355,18 @@ class GoalImageMPC:
         self.task = task
 
     @torch.no_grad()
-    def set_goal(self, goal_image: np.ndarray, task: str, goal_keypoints: np.ndarray | None = None) -> None:
+    def set_goal(self, goal_image: np.ndarray, task: str, goal_keypoints: np.ndarray | None = None,
+                 goal_depth: np.ndarray | None = None) -> None:
         """Encode the goal image once; clear the context frames and the warm start. ``goal_keypoints``: the
         goal's hand pixels in the model's input image (``(6, 2)`` right wrist + 5 tips or all ``(12, 2)``, NaN =
-        unknown); default: read from the goal latent by the hand head."""
+        unknown); default: read from the goal latent by the hand head. ``goal_depth``: their camera depths in metres
+        (``(6,)`` or ``(12,)``) for the planner's depth term (``cost.depth_weight``); default: read by the world
+        model's hand depth head when the task's cost uses the term."""
         check_image(goal_image, "set_goal: goal_image")
         if task not in TASK_NAMES:
             raise ValueError(f"set_goal: task must be one of {TASK_NAMES}, found {task!r}")
         uv = None if goal_keypoints is None else _check_goal_keypoints(goal_keypoints)
+        depth = None if goal_depth is None else _check_goal_depth(goal_depth)
         self.reset()
         self._switch_task(task)
         goal = self._encode(goal_image)
@@ -363,7 +382,9 @@ class GoalImageMPC:
                 kp12 = given.copy()
             else:
                 kp12[RIGHT_HEATMAPS] = uv
-        self._goal, self._goal_uv, self._goal_kp12 = goal, uv, kp12
+        if depth is None and self.planner.config.cost.uses_depth:
+            depth = self.planner.goal_depths(goal).cpu().double().numpy()
+        self._goal, self._goal_uv, self._goal_kp12, self._goal_depth = goal, uv, kp12, depth
 
     @torch.no_grad()
     def observe(self, image: np.ndarray, joints: np.ndarray, t: float) -> None:
@@ -406,7 +427,7 @@ class GoalImageMPC:
                               "t) first)")
         return PlanObservation(context=torch.stack([f.latent for f in self._frames]),
                                times=np.array([f.t for f in self._frames]), joints=self._frames[-1].joints,
-                               goal=self._goal, goal_keypoints=self._goal_uv)
+                               goal=self._goal, goal_keypoints=self._goal_uv, goal_depth=self._goal_depth)
 
     @torch.no_grad()
     def plan(self) -> MPCStep:

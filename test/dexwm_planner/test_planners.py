@@ -549,6 +549,52 @@ def test_approach_term_charges_low_hands_off_the_goal_rays_only(world_model, fk,
     assert torch.isclose(d2.norm(dim=-1), torch.ones(1, dtype=d2.dtype)).all()
 
 
+def test_depth_term_fixes_where_on_its_ray_the_hand_is(world_model, fk, frames, home):
+    """cost.depth_weight: the hand keypoints' camera depths are compared with the goal's; a pose at the goal's
+    pixels but nearer the camera pays, the goal pose pays 0; given goal depths are checked; without them and
+    without a hand depth head the planner says what is missing."""
+    from dexwm_planner.planners.cost import depth_distance
+    from dexwm_robot.config import ConfigError
+
+    base = small_config(horizon=2).replace(cost={"hand_weight": 1.0, "hand_source": "fk"})
+    free = make_planner(world_model, fk, base)
+    charged = make_planner(world_model, fk, base.replace(cost={"depth_weight": 100.0}))
+    goal_q = torch.as_tensor(home, dtype=torch.float32).clone()
+    goal_q[1] += 0.6
+    goal_q[3] += 0.5
+    goal_uv = free.kin.hand_pixels(goal_q).float()
+    goal_depth = free.kin.hand_depths(goal_q).float()
+    assert goal_depth.shape == (6,) and bool((goal_depth > 0.2).all())
+    obs = observation(frames, home, goal_keypoints=goal_uv.numpy())
+    obs.goal_depth = goal_depth.numpy()
+    s_free, s = free.prepare(obs), charged.prepare(obs)
+    assert s_free.goal_depth is None
+    torch.testing.assert_close(s.goal_depth, goal_depth)
+    samples = torch.stack([goal_q.repeat(2, 1), torch.as_tensor(home, dtype=torch.float32).repeat(2, 1)])
+    det = charged.evaluate(s, samples, details=True)
+    assert float(det.depth[0].abs().max()) < 1e-5
+    home_depth = free.kin.hand_depths(torch.as_tensor(home, dtype=torch.float32))
+    expected = (home_depth - goal_depth).abs().mean()
+    assert float(det.depth[1, 0]) == pytest.approx(float(expected), rel=1e-4)
+    extra = det.total - free.evaluate(s_free, samples)
+    torch.testing.assert_close(extra, (100.0 * det.depth.double() * s.weights.double()).sum(-1).to(extra))
+    assert charged.plan(s).terms["depth"] and not free.plan(s_free).terms["depth"]
+    # the formula: unknown goal depths drop out; none known -> 0
+    d = torch.tensor([[1.0, 2.0, 3.0]])
+    assert float(depth_distance(d, torch.tensor([1.5, float("nan"), 2.0]))[0]) == pytest.approx(0.75)
+    assert float(depth_distance(d, torch.full((3,), float("nan")))[0]) == 0.0
+    # bad goal depths are refused; no depths and no depth head: a clear error
+    for bad in ([1.0] * 5, [1.0, -0.5, 1.0, 1.0, 1.0, 1.0], [1.0, float("inf"), 1.0, 1.0, 1.0, 1.0]):
+        obs.goal_depth = bad
+        with pytest.raises(ValueError, match="goal_depth"):
+            charged.prepare(obs)
+    obs.goal_depth = None
+    with pytest.raises(ValueError, match="hand depth head"):
+        charged.prepare(obs)
+    with pytest.raises(ConfigError, match="depth_weight"):
+        base.replace(cost={"depth_weight": -1.0})
+
+
 def test_focused_latent_term_weights_the_tokens_around_the_goal_hand(world_model, fk, frames, home):
     """cost.latent_focus: the latent term becomes a weighted mean over tokens, (1 - a) spread evenly and a on a
     Gaussian bump around the goal's hand keypoints; 0 keeps the paper's plain mean."""

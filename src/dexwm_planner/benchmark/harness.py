@@ -212,7 +212,8 @@ def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: Be
     ``run_recording`` (optional, a :class:`~dexwm_planner.recording.RunRecording`) receives the goal, every replan
     (camera frame, joints, plan, task distance) and the final frame, and is left open for the caller to close.
     ``privileged_goal_keypoints`` (diagnostic; world-model planner only): the goal hand pixels come from the FK
-    projection of the episode's goal state instead of the hand head on the goal image."""
+    projection of the episode's goal state instead of the hand head on the goal image (and, for the depth term, their
+    camera depths instead of the hand depth head's)."""
     if spec.goal_image is None:
         raise ValueError(f"{spec.task} episode {spec.index}: no goal image (its demonstration failed)")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
@@ -229,7 +230,8 @@ def run_closed_loop(sim, spec, policy, success_cfg: SuccessConfig, bench_cfg: Be
         if planner is None:
             raise ValueError("privileged_goal_keypoints: only the world-model planner takes goal keypoints")
         goal_q = torch.as_tensor(np.asarray(spec.goal_joints, dtype=np.float64))
-        policy.set_goal(spec.goal_image, task, goal_keypoints=planner.kin.hand_pixels(goal_q).numpy())
+        policy.set_goal(spec.goal_image, task, goal_keypoints=planner.kin.hand_pixels(goal_q).numpy(),
+                        goal_depth=planner.kin.hand_depths(goal_q).numpy())
     else:
         policy.set_goal(spec.goal_image, task)
     if run_recording is not None:

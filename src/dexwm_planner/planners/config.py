@@ -132,8 +132,10 @@ class CostConfig:
     approach_radius: float = 0.04
     latent_focus: float = 0.0
     latent_focus_sigma_px: float = 14.0
+    depth_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        _number("cost.depth_weight", self.depth_weight, 0.0)
         if not 0.0 <= _number("cost.latent_focus", self.latent_focus) <= 1.0:
             raise ConfigError(f"cost.latent_focus: expected a value in [0, 1], found {self.latent_focus!r}")
         _number("cost.latent_focus_sigma_px", self.latent_focus_sigma_px, 0.0, strict=True)
@@ -162,6 +164,11 @@ class CostConfig:
     def uses_focus(self) -> bool:
         """The focused latent term centres on the goal's hand keypoints, so only with the hand term on."""
         return self.latent_focus > 0 and self.uses_hand
+
+    @property
+    def uses_depth(self) -> bool:
+        """The depth term compares the hand keypoints' camera depth with the goal's: with the hand term on."""
+        return self.depth_weight > 0 and self.uses_hand
 
     @property
     def uses_approach(self) -> bool:

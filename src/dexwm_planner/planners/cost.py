@@ -2,7 +2,8 @@
 
 For a sample with predicted latents ``z_1..z_T`` (``(P, d)`` each)::
 
-    cost = sum_t w_t * ( latent_t + mu * hand_t + beta * orientation_t + rho * object_t + alpha * approach_t )
+    cost = sum_t w_t * ( latent_t + mu * hand_t + delta * depth_t + beta * orientation_t + rho * object_t
+                         + alpha * approach_t )
 
 * ``latent_t = mean over tokens of ||z_t[p] - z_goal[p]||^2`` (squared L2 over the width, mean over the P
   tokens, as the paper); with ``cost.latent_focus = a > 0`` a weighted mean instead, ``sum_p w_p ||.||^2`` with
@@ -12,6 +13,10 @@ For a sample with predicted latents ``z_1..z_T`` (``(P, d)`` each)::
 * ``hand_t``: mean pixel distance between the right hand's wrist + 5 fingertips at step t and the goal's
   (keypoints the goal does not have -- NaN -- are left out; a keypoint that cannot be projected costs the
   image diagonal);
+* ``depth_t``: mean absolute difference (m) between the camera depth (along the optical axis) of those keypoints
+  at step t and the goal's, weight ``delta = cost.depth_weight``: the pixel term fixes each keypoint only up to
+  its ray from the camera; this fixes where on the ray (our addition, 0 = off; the goal's depths come from the
+  world model's hand depth head on the goal image, or are given);
 * ``orientation_t = 1 - cos(palm normal, down)`` (0 when the palm faces straight down);
 * ``object_t``: mean pixel distance between the object centres the world model's object head reads out of the
   predicted latent at step t and those it reads on the goal image (objects the goal does not show clearly --
@@ -82,12 +87,26 @@ def hand_distance(uv: Tensor, goal_uv: Tensor, image_hw: tuple[int, int]) -> Ten
     return (d * k).sum(-1) / k.sum()
 
 
+def depth_distance(depth: Tensor, goal_depth: Tensor) -> Tensor:
+    """``depth (..., K)`` metres, ``goal_depth (K,)`` (NaN = unknown) -> ``(...)`` mean absolute difference over
+    the goal's known keypoints (0 when it has none)."""
+    known = torch.isfinite(goal_depth)
+    if not bool(known.any()):
+        return torch.zeros(depth.shape[:-1], dtype=depth.dtype, device=depth.device)
+    g = torch.where(known, goal_depth, torch.zeros_like(goal_depth)).to(depth)
+    k = known.to(depth.dtype)
+    return ((depth - g).abs() * k).sum(-1) / k.sum()
+
+
 def total_cost(cfg: CostConfig, weights: Tensor, latent: Tensor, hand: Tensor | None,
-               palm_down: Tensor | None, objects: Tensor | None = None, approach: Tensor | None = None) -> Tensor:
+               palm_down: Tensor | None, objects: Tensor | None = None, approach: Tensor | None = None,
+               depth: Tensor | None = None) -> Tensor:
     """Per-step terms ``(n, T)`` -> ``(n,)``; ``palm_down`` is the cosine between the palm normal and down."""
     per_step = latent.to(torch.float64)
     if hand is not None and cfg.uses_hand:
         per_step = per_step + cfg.hand_weight * hand.to(torch.float64)
+    if depth is not None and cfg.uses_depth:
+        per_step = per_step + cfg.depth_weight * depth.to(torch.float64)
     if palm_down is not None and cfg.orientation_weight > 0:
         per_step = per_step + cfg.orientation_weight * (1.0 - palm_down.to(torch.float64))
     if objects is not None and cfg.uses_objects:

@@ -98,6 +98,7 @@ class PlanKinematicsOutput:
     hand_uv: Tensor | None  # (N, T, 6, 2) right wrist + 5 tips, pixels of the model's input image
     palm_down: Tensor | None  # (N, T) cosine between the palm normal and "down"
     hand_xyz: Tensor | None = None  # (N, T, 6, 3) the hand keypoints in the world (robot base) frame
+    hand_depth: Tensor | None = None  # (N, T, 6) their depth along the camera's optical axis (m)
 
 
 class PlanKinematics:
@@ -149,16 +150,29 @@ class PlanKinematics:
         disp = ((rest - prev) @ pose[:3, :3]).flatten(-2)  # right-hand displacements in the camera frame
         actions = torch.zeros(n, t, ACTION_DIM, dtype=dtype, device=q.device)
         actions[..., RIGHT_HAND] = disp
-        hand_uv = pts = None
+        hand_uv = pts = depth = None
         if hand:
             pts = rest.index_select(2, tips)  # (N, T, 6, 3)
-            hand_uv = project(world_to_camera(pts, pose[:3, :3], pose[:3, 3]), K)
-        return PlanKinematicsOutput(actions=actions, hand_uv=hand_uv, palm_down=palm_down, hand_xyz=pts)
+            cam = world_to_camera(pts, pose[:3, :3], pose[:3, 3])
+            hand_uv, depth = project(cam, K), cam[..., 2]
+        return PlanKinematicsOutput(actions=actions, hand_uv=hand_uv, palm_down=palm_down, hand_xyz=pts,
+                                    hand_depth=depth)
+
+    def hand_camera_points(self, joints: Tensor) -> Tensor:
+        """The right wrist + 5 tips ``(..., 6, 3)`` in the camera's optical frame (x right, y down, z forward,
+        metres) for joint vectors ``(..., 23)`` (e.g. a goal pose)."""
+        dtype = joints.dtype if joints.dtype in (torch.float32, torch.float64) else torch.float32
+        pose, _, h21, tips = self._constants(joints.device, dtype)
+        sites = self.fk.positions(joints.to(dtype), KEYPOINT_SITE_NAMES)
+        pts = sites.index_select(-2, h21).index_select(-2, tips)
+        return world_to_camera(pts, pose[:3, :3], pose[:3, 3])
 
     def hand_pixels(self, joints: Tensor) -> Tensor:
         """Pixels ``(..., 6, 2)`` of the right wrist + 5 tips for joint vectors ``(..., 23)`` (e.g. a goal pose)."""
-        dtype = joints.dtype if joints.dtype in (torch.float32, torch.float64) else torch.float32
-        pose, K, h21, tips = self._constants(joints.device, dtype)
-        sites = self.fk.positions(joints.to(dtype), KEYPOINT_SITE_NAMES)
-        pts = sites.index_select(-2, h21).index_select(-2, tips)
-        return project(world_to_camera(pts, pose[:3, :3], pose[:3, 3]), K)
+        cam = self.hand_camera_points(joints)
+        K = self._constants(joints.device, cam.dtype)[1]
+        return project(cam, K)
+
+    def hand_depths(self, joints: Tensor) -> Tensor:
+        """Camera depths ``(..., 6)`` (m, along the optical axis) of the right wrist + 5 tips for ``(..., 23)``."""
+        return self.hand_camera_points(joints)[..., 2]

@@ -29,7 +29,14 @@ from torch import Tensor
 from dexwm_model.kinematics.panda_allegro import NUM_ROBOT_JOINTS, PandaAllegroFK
 from dexwm_model.world_model import WorldModel
 from dexwm_planner.planners.config import PlannerConfig, load_planner_config
-from dexwm_planner.planners.cost import focus_weights, hand_distance, latent_distance, step_weights, total_cost
+from dexwm_planner.planners.cost import (
+    depth_distance,
+    focus_weights,
+    hand_distance,
+    latent_distance,
+    step_weights,
+    total_cost,
+)
 from dexwm_planner.planners.approach import approach_violation, goal_rays
 from dexwm_planner.planners.workspace import PlanWorkspace, workspace_floor
 from dexwm_planner.planners.kinematics import (
@@ -53,7 +60,9 @@ class PlanObservation:
     current joint positions; ``goal``: the goal image's latent ``(P, d)`` (encoded once per episode);
     ``goal_keypoints``: optional goal pixels of the right wrist + 5 tips ``(6, 2)`` (or all 12 heat-map
     keypoints ``(12, 2)``; NaN = unknown), otherwise read from the goal latent by the hand head when the cost
-    needs them; ``mask``: optional ``(C,)`` bool, False = frame missing."""
+    needs them; ``mask``: optional ``(C,)`` bool, False = frame missing; ``goal_depth``: optional camera depths
+    (m) of those goal keypoints ``(6,)`` (or ``(12,)``) for the depth term, otherwise read by the world model's
+    hand depth head."""
 
     context: Tensor
     times: Any
@@ -61,6 +70,7 @@ class PlanObservation:
     goal: Tensor
     goal_keypoints: Any = None
     mask: Any = None
+    goal_depth: Any = None
 
 
 @dataclass
@@ -101,6 +111,7 @@ class ReplanState:
     goal_objects: Tensor | None = None  # (M, 2) float32 object centres on the goal image, NaN = not shown
     goal_rays: tuple[Tensor, Tensor] | None = None  # camera centre (3,), directions (6, 3) through goal_uv
     token_weights: Tensor | None = None  # (P,) of the focused latent term (None: the plain mean over tokens)
+    goal_depth: Tensor | None = None  # (6,) camera depths (m) of the goal's hand keypoints, NaN = unknown
 
 
 @dataclass
@@ -113,6 +124,7 @@ class CostDetails:
     fk_uv: Tensor | None = field(default=None)  # (N, T, 6, 2) projected FK (always with details)
     objects: Tensor | None = None  # (N, T) the object term (with cost.object_weight > 0)
     approach: Tensor | None = None  # (N, T) the approach term (with cost.approach_weight > 0)
+    depth: Tensor | None = None  # (N, T) the depth term (with cost.depth_weight > 0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -240,6 +252,17 @@ class Planner:
         return uv[0, RIGHT_HEATMAPS].float()
 
     @torch.no_grad()
+    def goal_depths(self, goal: Tensor) -> Tensor:
+        """The camera depths (m) ``(6,)`` of the right wrist + 5 tips read from a goal latent ``(P, d)`` by the
+        world model's hand depth head (the depth term's goal when none is given)."""
+        if getattr(self.model, "hand_depth_head", None) is None:
+            raise ValueError("cost.depth_weight > 0 needs the goal's hand depths: give observation.goal_depth, or use "
+                             "a world model with a hand depth head (`dexwm train hand-depth`)")
+        with self.autocast():
+            depth = self.model.hand_depths(goal.to(self.device, self.model_dtype)[None])
+        return depth[0, RIGHT_HEATMAPS].float()
+
+    @torch.no_grad()
     def goal_objects(self, goal: Tensor) -> Tensor:
         """The object centres ``(M, 2)`` the object head reads on a goal latent ``(P, d)``; NaN for objects whose
         heat-map peak is below ``cost.object_min_confidence`` (not in the goal image)."""
@@ -289,18 +312,28 @@ class Planner:
             if tuple(kp.shape) != (NUM_HAND_POINTS, 2):
                 raise ValueError(f"observation.goal_keypoints: expected ({NUM_HAND_POINTS}, 2) or "
                                  f"({2 * NUM_HAND_POINTS}, 2) pixels, found shape {tuple(kp.shape)}")
+        depth = None
+        if obs.goal_depth is not None:
+            depth = torch.as_tensor(np.asarray(obs.goal_depth, dtype=np.float64)
+                                    if not isinstance(obs.goal_depth, Tensor) else obs.goal_depth).float()
+            if tuple(depth.shape) == (2 * NUM_HAND_POINTS,):
+                depth = depth[RIGHT_HEATMAPS]
+            if tuple(depth.shape) != (NUM_HAND_POINTS,) or bool((depth[torch.isfinite(depth)] <= 0).any()) \
+                    or bool(torch.isinf(depth).any()):
+                raise ValueError(f"observation.goal_depth: expected ({NUM_HAND_POINTS},) or ({2 * NUM_HAND_POINTS},) "
+                                 f"positive camera depths in metres (NaN = unknown), found {depth.tolist()}")
         mask = None
         if obs.mask is not None:
             mask = torch.as_tensor(obs.mask)
             if tuple(mask.shape) != (c,) or mask.dtype != torch.bool:
                 raise ValueError(f"observation.mask: expected ({c},) bool, found {mask.dtype} {tuple(mask.shape)}")
-        return ctx, times, joints, goal, kp, mask
+        return ctx, times, joints, goal, kp, mask, depth
 
     @torch.no_grad()
     def prepare(self, obs: PlanObservation) -> ReplanState:
         """Encode the context into the shared cache and fix the goal: once per replan."""
         t0 = time.perf_counter()
-        ctx, times, joints, goal, kp, mask = self._check(obs)
+        ctx, times, joints, goal, kp, mask, depth = self._check(obs)
         dev, dt = self.device, self.model_dtype
         ctx, goal = ctx.to(dev, dt), goal.to(dev, dt)
         cfg = self.config
@@ -308,16 +341,19 @@ class Planner:
             cache = self.model.encode_context(ctx[None], times.to(dev)[None],
                                               None if mask is None else mask.to(dev)[None])
             plan = self.rollout.prepare(cache, ctx[-1:], cfg.planner.step_dt, self.horizon)
-        goal_uv = None
+        goal_uv = goal_depth = None
         if cfg.cost.uses_hand:
             goal_uv = kp.to(dev) if kp is not None else self.goal_keypoints(goal)
+        if cfg.cost.uses_depth:
+            goal_depth = depth.to(dev) if depth is not None else self.goal_depths(goal)
         state = ReplanState(rollout=plan, goal=goal[None], goal_uv=goal_uv, joints=joints.to(dev),
                             weights=step_weights(self.horizon, cfg.cost.step_weight_exponent, dev),
                             goal_objects=self.goal_objects(goal) if cfg.cost.uses_objects else None,
                             goal_rays=goal_rays(goal_uv, self.camera) if cfg.cost.uses_approach else None,
                             token_weights=(focus_weights(goal_uv, self.model.grid, self.camera.image_hw,
                                                          cfg.cost.latent_focus, cfg.cost.latent_focus_sigma_px)
-                                           if cfg.cost.uses_focus else None))
+                                           if cfg.cost.uses_focus else None),
+                            goal_depth=goal_depth)
         self._sync()
         state.seconds = time.perf_counter() - t0
         return state
@@ -350,7 +386,7 @@ class Planner:
         samples = samples.to(self.device)
         fk_hand = cfg.uses_hand and cfg.hand_source == "fk"
         head = cfg.uses_hand and cfg.hand_source == "head"
-        kin = self.kin.evaluate(state.joints, samples, hand=fk_hand or details or cfg.uses_approach,
+        kin = self.kin.evaluate(state.joints, samples, hand=fk_hand or details or cfg.uses_approach or cfg.uses_depth,
                                 orientation=cfg.orientation_weight > 0 or details)
         n, cs = samples.shape[0], self.chunk_size
         objects = cfg.uses_objects
@@ -371,13 +407,16 @@ class Planner:
         if state.goal_rays is not None:
             approach = approach_violation(kin.hand_xyz, *state.goal_rays, self.floor, cfg.approach_height,
                                           cfg.approach_radius)
-        total = total_cost(cfg, state.weights, latent, hand, kin.palm_down, obj_term, approach)
+        depth = None
+        if state.goal_depth is not None:
+            depth = depth_distance(kin.hand_depth, state.goal_depth)
+        total = total_cost(cfg, state.weights, latent, hand, kin.palm_down, obj_term, approach, depth)
         if self.workspace is not None:
             total = total + cfg.workspace_weight * self.workspace.violation(state.joints, samples).to(total)
         if not details:
             return total
         return CostDetails(total=total, latent=latent, hand=hand, palm_down=kin.palm_down, hand_uv=hand_uv,
-                           fk_uv=kin.hand_uv, objects=obj_term, approach=approach)
+                           fk_uv=kin.hand_uv, objects=obj_term, approach=approach, depth=depth)
 
     @torch.no_grad()
     def plan(self, obs: PlanObservation | ReplanState, generator: torch.Generator | None = None) -> PlanResult:
@@ -400,7 +439,8 @@ class Planner:
                  "hand": det.hand[0].tolist() if det.hand is not None else [],
                  "orientation": (1.0 - det.palm_down[0].double()).tolist(),
                  "objects": det.objects[0].tolist() if det.objects is not None else [],
-                 "approach": det.approach[0].tolist() if det.approach is not None else []}
+                 "approach": det.approach[0].tolist() if det.approach is not None else [],
+                 "depth": det.depth[0].tolist() if det.depth is not None else []}
         self._sync()
         t3 = time.perf_counter()
         self._previous = res.best.clone()

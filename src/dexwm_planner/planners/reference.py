@@ -69,10 +69,10 @@ class ReferencePattern:
         if config.cost.uses_objects:
             raise ValueError("the reference pattern reproduces the paper's cost (latent + hand + orientation); it has "
                              "no object term: set cost.object_weight 0 to compare against it")
-        if config.cost.uses_focus or config.cost.uses_approach:
+        if config.cost.uses_focus or config.cost.uses_approach or config.cost.uses_depth:
             raise ValueError("the reference pattern reproduces the paper's cost (latent + hand + orientation); it has "
-                             "no focused latent or approach term: set cost.latent_focus and cost.approach_weight 0 "
-                             "to compare against it")
+                             "no focused latent, approach or depth term: set cost.latent_focus, cost.approach_weight "
+                             "and cost.depth_weight 0 to compare against it")
         self.model = model
         self.config = config
         self.camera = camera
