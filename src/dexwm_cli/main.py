@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data check": ("dexwm_model.data.cli_check", "validate episodes written in our dataset format"),
     "train encoder": ("dexwm_model.encoders.ssl.train", "train the dexwm_vit image encoder (MAE) on sim episodes"),
     "train decoder": ("dexwm_model.decoder.train", "train the latent -> image decoder on frozen encoder tokens"),
+    "train hand-depth": ("dexwm_model.training.hand_depth", "give a world model a hand depth head (camera depth of the hand keypoints)"),
     "train diffusion-policy": ("dexwm_planner.baselines.diffusion_policy.train",
                                "train the goal-image Diffusion Policy baseline on robot episodes (hindsight goals)"),
     "bench sim": ("dexwm_hw.sim.bench", "measure simulator physics steps/s and render fps (JSON)"),

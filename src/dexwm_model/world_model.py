@@ -22,8 +22,8 @@ from dexwm_model.encoders.projection import TokenProjection
 from dexwm_model.encoders.sim_vit import SimViTBackbone, tensors_sha256
 from dexwm_model.losses.hand_consistency import heatmap_keypoints
 from dexwm_model.predictor.cdit import CDiTPredictor, ContextCache
-from dexwm_model.predictor.config import HandHeadConfig, ObjectHeadConfig, PredictorConfig
-from dexwm_model.predictor.hand_head import HandHeatmapHead, ObjectHeatmapHead
+from dexwm_model.predictor.config import HandDepthHeadConfig, HandHeadConfig, ObjectHeadConfig, PredictorConfig
+from dexwm_model.predictor.hand_head import HandDepthHead, HandHeatmapHead, ObjectHeatmapHead
 from dexwm_model.checkpoint_folder import (  # noqa: F401  (CONFIG_NAME, WEIGHTS_NAME: re-exported)
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -48,6 +48,7 @@ class WorldModelConfig:
     hand_head: HandHeadConfig
     latent_dim: int  # width of the tokens the predictor reads and writes (= encoder width unless projected)
     object_head: ObjectHeadConfig | None = None  # optional: object centres read out of latents (planning cost)
+    hand_depth_head: HandDepthHeadConfig | None = None  # optional: camera depth of the hand keypoints (our addition)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -76,6 +77,16 @@ class WorldModel(nn.Module):
         self.object_head = None
         if config.object_head is not None:
             self.add_object_head(config.object_head)
+        self.hand_depth_head = None
+        if config.hand_depth_head is not None:
+            self.add_hand_depth_head(config.hand_depth_head)
+
+    def add_hand_depth_head(self, cfg: HandDepthHeadConfig, seed: int | None = None) -> None:
+        """Attach a freshly initialised hand depth head (trained by `dexwm train hand-depth`)."""
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        self.hand_depth_head = HandDepthHead(cfg, self.config.latent_dim, self.encoder.grid, self.encoder.image_size)
+        self.config = dataclasses.replace(self.config, hand_depth_head=cfg)
 
     def add_object_head(self, cfg: ObjectHeadConfig, seed: int | None = None) -> None:
         """Attach a freshly initialised object head (a model trained without one gains it for fine-tuning)."""
@@ -112,6 +123,16 @@ class WorldModel(nn.Module):
     def hand_keypoints(self, latents: Tensor) -> tuple[Tensor, Tensor]:
         """(B, P, d) -> pixel positions (B, 12, 2) in the encoder's input image and confidences (B, 12)."""
         return heatmap_keypoints(self.hand_head(latents), self.config.hand_head.refine_radius_px)
+
+    def hand_depths(self, latents: Tensor, uv: Tensor | None = None) -> Tensor:
+        """(B, P, d) -> camera depths (B, 12) in metres of the hand keypoints, read at ``uv`` (B, 12, 2) or, by
+        default, where the hand head finds them."""
+        if self.hand_depth_head is None:
+            raise ValueError("this world model has no hand depth head (train one: `dexwm train hand-depth`)")
+        if uv is None:
+            uv = self.hand_keypoints(latents)[0]
+        head = self.hand_depth_head
+        return head.read(head(latents), uv)
 
     def object_keypoints(self, latents: Tensor) -> tuple[Tensor, Tensor]:
         """(B, P, d) -> object centres (B, M, 2) pixels of the encoder's input image and confidences (B, M)."""

@@ -595,6 +595,61 @@ def test_depth_term_fixes_where_on_its_ray_the_hand_is(world_model, fk, frames, 
         base.replace(cost={"depth_weight": -1.0})
 
 
+def test_goal_pose_proposal_solves_the_goal_hand_and_lines_up_toward_it(world_model, fk, frames, home):
+    """planner.proposal_fraction: the goal's pixels + depths are 3-D points; damped least squares finds joints that
+    put the hand there; the proposal line moves toward them at most proposal_step per joint and waypoint, and the
+    first iteration evaluates it (so a planner whose cost the goal pose minimises starts from it)."""
+    from dexwm_planner.planners.goal_pose import goal_points, proposal_sequence, solve_goal_pose
+
+    cfg = small_config(horizon=2).replace(cost={"hand_weight": 1.0, "hand_source": "fk", "depth_weight": 100.0},
+                                          planner={"proposal_fraction": 0.25, "proposal_step": 0.1})
+    planner = make_planner(world_model, fk, cfg)
+    q0 = torch.as_tensor(home, dtype=torch.float32)
+    goal_q = q0.clone()
+    goal_q[1] += 0.5
+    goal_q[3] += 0.4
+    goal_q[7:] += 0.2
+    kin = planner.kin
+    pts = goal_points(kin.hand_pixels(goal_q.double()), kin.hand_depths(goal_q.double()), planner.camera)
+    torch.testing.assert_close(pts, kin.hand_world_points(goal_q.double()), atol=1e-9, rtol=0)
+    q, err = solve_goal_pose(kin, pts, q0, planner.joint_low, planner.joint_high)
+    assert err < 1e-4
+    torch.testing.assert_close(kin.hand_world_points(q.double()), pts, atol=2e-4, rtol=0)
+    assert bool((q >= planner.joint_low - 1e-6).all() and (q <= planner.joint_high + 1e-6).all())
+    # unknown keypoints drop out; none known: the start comes back
+    q_none, e_none = solve_goal_pose(kin, torch.full((6, 3), float("nan")), q0, planner.joint_low,
+                                     planner.joint_high)
+    assert math.isnan(e_none) and torch.equal(q_none, q0)
+    line = proposal_sequence(q0, goal_q, 3, 0.1)
+    steps = torch.diff(torch.cat([q0[None], line]), dim=0).abs().max(-1).values
+    assert bool((steps <= 0.1 + 1e-6).all())
+    torch.testing.assert_close(proposal_sequence(q0, goal_q, 50, 0.1)[-1], goal_q)
+    # in the planner: the first iteration's samples include the line; the goal pose and error are reported
+    obs = observation(frames, home, goal_keypoints=kin.hand_pixels(goal_q).numpy())
+    obs.goal_depth = kin.hand_depths(goal_q).numpy()
+    state = planner.prepare(obs)
+    seen, lines = [], []
+    original, propose = planner.evaluate, planner.goal_proposal
+
+    def spy(st, x, details=False):
+        seen.append(x.clone())
+        return original(st, x, details)
+
+    def spy_line(st):
+        lines.append(propose(st))
+        return lines[-1]
+
+    planner.evaluate, planner.goal_proposal = spy, spy_line
+    res = planner.plan(state)
+    expected, first = lines[0], seen[0]
+    assert float((first - expected[None]).abs().flatten(1).max(-1).values.min()) < 1e-5
+    assert res.timing["goal_pose_error_m"] < 1e-3
+    off = make_planner(world_model, fk, cfg.replace(planner={"proposal_fraction": 0.0}))
+    assert off.goal_proposal(off.prepare(obs)) is None
+    with pytest.raises(Exception, match="proposal_fraction"):
+        cfg.replace(planner={"proposal_fraction": 1.0})
+
+
 def test_focused_latent_term_weights_the_tokens_around_the_goal_hand(world_model, fk, frames, home):
     """cost.latent_focus: the latent term becomes a weighted mean over tokens, (1 - a) spread evenly and a on a
     Gaussian bump around the goal's hand keypoints; 0 keeps the paper's plain mean."""

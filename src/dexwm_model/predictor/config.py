@@ -96,6 +96,28 @@ class ObjectHeadConfig(HandHeadConfig):
         self.objects = names
 
 
+@dataclass
+class HandDepthHeadConfig:
+    """The hand depth head (our addition, not in the paper): one depth map per heat-map keypoint, read where the hand
+    head finds that keypoint; the depth (metres along the camera's optical axis) is ``base_depth_m`` + the map."""
+
+    depth: int = 1
+    width: int = 128
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    base_depth_m: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width", "heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"hand_depth_head.{name}: expected a positive integer, found {value!r}")
+        if self.width % self.heads:
+            raise ConfigError(f"hand_depth_head: width {self.width} is not divisible by heads {self.heads}")
+        if not self.base_depth_m > 0:
+            raise ConfigError(f"hand_depth_head.base_depth_m: expected > 0, found {self.base_depth_m!r}")
+
+
 def load_predictor_config(
     size: str | None = None, file: str | Path = MODEL_CONFIG_FILE, **overrides
 ) -> PredictorConfig:

@@ -10,10 +10,11 @@ output has exactly the encoder's input resolution.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dexwm_model.kinematics.hand_layout import HEATMAP_KEYPOINTS_21
-from dexwm_model.predictor.config import HandHeadConfig, ObjectHeadConfig
+from dexwm_model.predictor.config import HandDepthHeadConfig, HandHeadConfig, ObjectHeadConfig
 from dexwm_model.predictor.layers import EncoderBlock, init_linear_
 
 NUM_HEATMAPS = 2 * len(HEATMAP_KEYPOINTS_21)  # 12: left wrist + 5 tips, right wrist + 5 tips
@@ -82,3 +83,28 @@ class ObjectHeatmapHead(KeypointHeatmapHead):
 
     def __init__(self, cfg: ObjectHeadConfig, input_dim: int, grid: tuple[int, int], image_size: tuple[int, int]):
         super().__init__(cfg, input_dim, grid, image_size, len(cfg.objects))
+
+
+class HandDepthHead(KeypointHeatmapHead):
+    """The hand depth head (our addition): 12 depth maps at image resolution, one per heat-map keypoint, in metres
+    along the camera's optical axis (``cfg.base_depth_m`` + the map, so a fresh head says ``base_depth_m``);
+    :meth:`read` samples map k at keypoint k's pixel. With the hand head's pixels this makes each keypoint a 3-D
+    point (the planner's depth term and goal-pose proposals)."""
+
+    def __init__(self, cfg: HandDepthHeadConfig, input_dim: int, grid: tuple[int, int], image_size: tuple[int, int]):
+        super().__init__(cfg, input_dim, grid, image_size, NUM_HEATMAPS)  # type: ignore[arg-type]
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return super().forward(tokens) + self.cfg.base_depth_m
+
+    def read(self, maps: Tensor, uv: Tensor) -> Tensor:
+        """Depth maps ``(B, K, H, W)`` at pixels ``uv (B, K, 2)`` (continuous, pixel (i, j) covering ``[j, j + 1) x
+        [i, i + 1)``; bilinear, clamped at the border) -> ``(B, K)``."""
+        b, k, h, w = maps.shape
+        if tuple(uv.shape) != (b, k, 2):
+            raise ValueError(f"uv: expected shape ({b}, {k}, 2), found {tuple(uv.shape)}")
+        scale = torch.tensor([2.0 / w, 2.0 / h], dtype=maps.dtype, device=maps.device)
+        grid = (uv.to(maps.dtype) * scale - 1.0).view(b * k, 1, 1, 2)
+        out = F.grid_sample(maps.reshape(b * k, 1, h, w), grid, mode="bilinear", padding_mode="border",
+                            align_corners=False)
+        return out.view(b, k)

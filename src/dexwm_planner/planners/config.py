@@ -78,6 +78,8 @@ class SearchConfig:
     execute_steps: int = 1
     fine_fraction: float = 0.0
     fine_scale: float = 0.25
+    proposal_fraction: float = 0.0
+    proposal_step: float = 0.1
     cem: CEMConfig = field(default_factory=CEMConfig)
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
 
@@ -97,6 +99,10 @@ class SearchConfig:
             raise ConfigError(f"planner.fine_fraction: expected a value in [0, 1), found {self.fine_fraction!r}")
         if not 0.0 < _number("planner.fine_scale", self.fine_scale) <= 1.0:
             raise ConfigError(f"planner.fine_scale: expected a value in (0, 1], found {self.fine_scale!r}")
+        if not 0.0 <= _number("planner.proposal_fraction", self.proposal_fraction) < 1.0:
+            raise ConfigError(f"planner.proposal_fraction: expected a value in [0, 1), found "
+                              f"{self.proposal_fraction!r}")
+        _number("planner.proposal_step", self.proposal_step, 0.0, strict=True)
         for name in ("init_std_arm", "init_std_hand"):
             _number(f"planner.{name}", getattr(self, name), 0.0, strict=True)
         for name in ("std_floor_arm", "std_floor_hand"):

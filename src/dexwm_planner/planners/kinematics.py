@@ -158,13 +158,18 @@ class PlanKinematics:
         return PlanKinematicsOutput(actions=actions, hand_uv=hand_uv, palm_down=palm_down, hand_xyz=pts,
                                     hand_depth=depth)
 
+    def hand_world_points(self, joints: Tensor) -> Tensor:
+        """The right wrist + 5 tips ``(..., 6, 3)`` in the world (robot base) frame for joint vectors ``(..., 23)``."""
+        dtype = joints.dtype if joints.dtype in (torch.float32, torch.float64) else torch.float32
+        _, _, h21, tips = self._constants(joints.device, dtype)
+        sites = self.fk.positions(joints.to(dtype), KEYPOINT_SITE_NAMES)
+        return sites.index_select(-2, h21).index_select(-2, tips)
+
     def hand_camera_points(self, joints: Tensor) -> Tensor:
         """The right wrist + 5 tips ``(..., 6, 3)`` in the camera's optical frame (x right, y down, z forward,
         metres) for joint vectors ``(..., 23)`` (e.g. a goal pose)."""
-        dtype = joints.dtype if joints.dtype in (torch.float32, torch.float64) else torch.float32
-        pose, _, h21, tips = self._constants(joints.device, dtype)
-        sites = self.fk.positions(joints.to(dtype), KEYPOINT_SITE_NAMES)
-        pts = sites.index_select(-2, h21).index_select(-2, tips)
+        pts = self.hand_world_points(joints)
+        pose = self._constants(joints.device, pts.dtype)[0]
         return world_to_camera(pts, pose[:3, :3], pose[:3, 3])
 
     def hand_pixels(self, joints: Tensor) -> Tensor:

@@ -11,7 +11,9 @@ them with ONE call of a batched cost function ``(N, T, D) -> (N,)`` and refits t
 
 With ``fine_fraction > 0`` that share of the samples is drawn with the std scaled by ``fine_scale``: a narrow
 cloud around the mean beside the wide one, so small corrections near a good plan are tried every iteration (our
-addition; 0 = one Gaussian). Either way the std is floored per dimension and the update can be smoothed with the previous distribution.
+addition; 0 = one Gaussian). A ``proposal`` sequence (the planner's goal-pose line, ``proposal_fraction``) puts that
+share of the FIRST iteration's samples around it instead of the mean (the proposal itself among them), so CEM / MPPI
+refit toward it only when it scores better. Either way the std is floored per dimension and the update can be smoothed with the previous distribution.
 The best sample seen in any iteration is returned. Nothing here knows about robots or world models: a
 quadratic cost plugs in just the same (the tests do).
 """
@@ -88,9 +90,25 @@ class SamplingOptimizer:
             eps[0] = 0.0
         return self.clamp(torch.addcmul(mean, std, eps))
 
+    def propose(self, samples: Tensor, proposal: Tensor, std: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Replace the last ``proposal_fraction`` of ``samples (n, T, D)`` by draws around ``proposal (T, D)``, the
+        first of them the proposal itself (clamped)."""
+        n = samples.shape[0]
+        m = int(round(self.config.proposal_fraction * n))
+        if m <= 0:
+            return samples
+        eps = torch.randn((m,) + tuple(proposal.shape), generator=generator, device=samples.device,
+                          dtype=samples.dtype)
+        eps[0] = 0.0
+        samples = samples.clone()
+        samples[n - m:] = self.clamp(torch.addcmul(proposal.to(samples), std, eps))
+        return samples
+
     def run(self, cost_fn: CostFn, mean: Tensor, std: Tensor, generator: torch.Generator | None = None,
-            on_iteration: Callable[[IterationStats], None] | None = None) -> OptimizerResult:
-        """Minimise ``cost_fn`` starting from ``N(mean, std^2)`` (both ``(T, D)``)."""
+            on_iteration: Callable[[IterationStats], None] | None = None,
+            proposal: Tensor | None = None) -> OptimizerResult:
+        """Minimise ``cost_fn`` starting from ``N(mean, std^2)`` (both ``(T, D)``); ``proposal`` (optional,
+        ``(T, D)``): a sequence the first iteration also samples around (``proposal_fraction``)."""
         cfg = self.config
         if mean.dim() != 2 or mean.shape[1] != self.dim or std.shape != mean.shape:
             raise ValueError(f"mean and std must both have shape (T, {self.dim}), found {tuple(mean.shape)} and "
@@ -107,6 +125,8 @@ class SamplingOptimizer:
         for it in range(cfg.iterations):
             t0 = time.perf_counter()
             samples = self.sample(mean, std, n, generator)
+            if it == 0 and proposal is not None:
+                samples = self.propose(samples, proposal, std, generator)
             costs = cost_fn(samples)
             if tuple(costs.shape) != (n,):
                 raise ValueError(f"cost function returned shape {tuple(costs.shape)}, expected ({n},)")

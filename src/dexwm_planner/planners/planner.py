@@ -38,6 +38,7 @@ from dexwm_planner.planners.cost import (
     total_cost,
 )
 from dexwm_planner.planners.approach import approach_violation, goal_rays
+from dexwm_planner.planners.goal_pose import goal_points, proposal_sequence, solve_goal_pose
 from dexwm_planner.planners.workspace import PlanWorkspace, workspace_floor
 from dexwm_planner.planners.kinematics import (
     NUM_HAND_POINTS,
@@ -159,7 +160,8 @@ class Planner:
         if self.config.cost.uses_objects and model.object_head is None:
             raise ValueError("cost.object_weight > 0 needs a world model with an object head (this checkpoint has "
                              "none: train one with `dexwm train world-model --section cpu_fast_objects`)")
-        for part in (model.projection, model.predictor, model.hand_head, model.object_head):
+        for part in (model.projection, model.predictor, model.hand_head, model.object_head,
+                     getattr(model, "hand_depth_head", None)):
             if part is not None:
                 part.to(self.model_dtype)
         fk = PandaAllegroFK.default() if fk is None else fk
@@ -186,6 +188,8 @@ class Planner:
         self._chunk_fn = torch.compile(self._rollout_chunk, dynamic=False) if rt.compile else self._rollout_chunk
         self._previous: Tensor | None = None
         self._replans = 0
+        self._goal_pose: Tensor | None = None
+        self._goal_pose_error = float("nan")
 
     # ------------------------------------------------------------------------------------------- helpers
     @property
@@ -225,6 +229,8 @@ class Planner:
         """Start a new episode: forget the warm start and the replan count."""
         self._previous = None
         self._replans = 0
+        self._goal_pose = None
+        self._goal_pose_error = float("nan")
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -281,6 +287,18 @@ class Planner:
             mean = torch.cat([prev[k:], prev[-1:].expand(k, -1)], dim=0)
             return mean.clone(), std, True
         return joints.to(torch.float32).expand(t, -1).clone(), std, False
+
+    def goal_proposal(self, state: ReplanState) -> Tensor | None:
+        """The goal-pose line ``(T, 23)`` (:mod:`.goal_pose`) for this replan, or None (``proposal_fraction`` 0, or
+        no goal keypoints with depths). The goal pose is solved once per goal and refined from there each replan."""
+        pc = self.config.planner
+        if pc.proposal_fraction <= 0 or state.goal_uv is None or state.goal_depth is None:
+            return None
+        points = goal_points(state.goal_uv, state.goal_depth, self.camera)
+        start = self._goal_pose if self._goal_pose is not None else state.joints
+        q, err = solve_goal_pose(self.kin, points, start, self.joint_low, self.joint_high)
+        self._goal_pose, self._goal_pose_error = q.to(torch.float32), err
+        return proposal_sequence(state.joints.to(torch.float32), self._goal_pose, self.horizon, pc.proposal_step)
 
     # ------------------------------------------------------------------------------------------- replan
     def _check(self, obs: PlanObservation) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
@@ -344,7 +362,7 @@ class Planner:
         goal_uv = goal_depth = None
         if cfg.cost.uses_hand:
             goal_uv = kp.to(dev) if kp is not None else self.goal_keypoints(goal)
-        if cfg.cost.uses_depth:
+        if cfg.cost.uses_depth or (cfg.planner.proposal_fraction > 0 and goal_uv is not None):
             goal_depth = depth.to(dev) if depth is not None else self.goal_depths(goal)
         state = ReplanState(rollout=plan, goal=goal[None], goal_uv=goal_uv, joints=joints.to(dev),
                             weights=step_weights(self.horizon, cfg.cost.step_weight_exponent, dev),
@@ -427,8 +445,10 @@ class Planner:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(self.config.planner.seed + self._replans)
         mean, std, warm = self.initial_distribution(state.joints)
+        t_prop = time.perf_counter()
+        proposal = self.goal_proposal(state)
         t1 = time.perf_counter()
-        res = self.optimizer.run(lambda x: self.evaluate(state, x), mean, std, generator)
+        res = self.optimizer.run(lambda x: self.evaluate(state, x), mean, std, generator, proposal=proposal)
         t2 = time.perf_counter()
         det = self.evaluate(state, res.best[None], details=True)
         cfg = self.config.cost
@@ -450,6 +470,8 @@ class Planner:
             iterations=res.iterations, mean=res.mean.cpu().double().numpy(), std=res.std.cpu().double().numpy(),
             timing={"prepare_s": state.seconds if state is not obs else 0.0, "optimize_s": t2 - t1,
                     "iterations_s": [s.seconds for s in res.iterations], "details_s": t3 - t2,
+                    "proposal_s": t1 - t_prop,
+                    "goal_pose_error_m": self._goal_pose_error if proposal is not None else None,
                     "total_s": t3 - t0},
             replan=self._replans, warm_started=warm)
         self._replans += 1

@@ -1,0 +1,85 @@
+"""Goal-pose proposals: where the goal image puts the hand, in joint space, as a line for the search to try.
+
+The goal image gives the hand's six keypoints (wrist + 5 fingertips) as pixels (hand head, or given) and, with the
+depth term on, their camera depths (hand depth head, or given). Pixel + depth is a 3-D point, so the goal fixes the
+hand's keypoints in the world. :func:`solve_goal_pose` finds joints whose forward kinematics put the keypoints
+there (damped least squares on all 23 joints, clamped to the joint limits, started from the current joints), and
+:func:`proposal_sequence` turns that pose into T waypoints that move toward it at most ``step`` rad per joint and
+waypoint. The planner draws part of its first iteration's samples around that sequence
+(``planner.proposal_fraction``): random joint noise rarely finds the centimetre-precise descent onto an object that
+the cost ranks first, a line to the goal pose does. The world model still scores every sample, the proposal
+included; nothing is executed because it was proposed. This is our addition (not in the paper).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dexwm_planner.planners.kinematics import CameraSetup, PlanKinematics
+
+
+def goal_points(goal_uv: Tensor, goal_depth: Tensor, camera: CameraSetup) -> Tensor:
+    """World points ``(K, 3)`` of pixels ``goal_uv (K, 2)`` at camera depths ``goal_depth (K,)`` (along the optical
+    axis, metres); rows with an unknown pixel or depth are NaN."""
+    dtype = torch.float64
+    K = torch.as_tensor(camera.intrinsics, dtype=dtype, device=goal_uv.device)
+    pose = torch.as_tensor(camera.pose, dtype=dtype, device=goal_uv.device)
+    uv, z = goal_uv.to(dtype), goal_depth.to(dtype)
+    uv1 = torch.cat([uv, torch.ones_like(uv[:, :1])], dim=-1)
+    rays = uv1 @ torch.linalg.inv(K).T  # optical-frame directions with z = 1
+    cam = rays * z[:, None]
+    return cam @ pose[:3, :3].T + pose[:3, 3]
+
+
+def solve_goal_pose(kin: PlanKinematics, points: Tensor, start: Tensor, low: Tensor, high: Tensor,
+                    iterations: int = 12, damping: float = 0.02, fd_step: float = 1e-6) -> tuple[Tensor, float]:
+    """Joints ``(23,)`` whose FK puts the right wrist + 5 tips on ``points (6, 3)`` (NaN rows left out), from
+    ``start (23,)``, within ``[low, high]``; and the remaining mean keypoint distance (m). Damped least squares;
+    the Jacobian of the keypoints comes from ONE batched FK call (central differences over the 23 joints); a step
+    that does not lower the error is halved."""
+    known = torch.isfinite(points).all(-1)
+    q = start.detach().to(torch.float64).clone()
+    if not bool(known.any()):
+        return q.to(start.dtype), float("nan")
+    target = points[known].to(torch.float64)
+    lo, hi = low.to(q), high.to(q)
+    n = q.numel()
+    probe = torch.eye(n, dtype=torch.float64, device=q.device) * fd_step
+
+    def residual(x: Tensor) -> Tensor:  # (..., 23) -> (..., 3k)
+        return (kin.hand_world_points(x)[..., known, :] - target).flatten(-2)
+
+    def mean_error(r: Tensor) -> float:
+        return float(r.view(-1, 3).norm(dim=-1).mean())
+
+    r = residual(q)
+    err = mean_error(r)
+    eye = torch.eye(r.numel(), dtype=torch.float64, device=q.device)
+    for _ in range(iterations):
+        both = residual(torch.cat([q + probe, q - probe]))  # (2n, 3k)
+        J = ((both[:n] - both[n:]) / (2 * fd_step)).T  # (3k, n)
+        step = J.T @ torch.linalg.solve(J @ J.T + damping ** 2 * eye, r)
+        scale = 1.0
+        while scale >= 1e-3:
+            trial = torch.minimum(torch.maximum(q - scale * step, lo), hi)
+            r_trial = residual(trial)
+            e_trial = mean_error(r_trial)
+            if e_trial < err:
+                break
+            scale *= 0.5
+        else:
+            break  # no step along this direction lowers the error: converged (or stuck on the limits)
+        q, r, err = trial, r_trial, e_trial
+    return q.to(start.dtype), err
+
+
+def proposal_sequence(current: Tensor, target: Tensor, horizon: int, step: float) -> Tensor:
+    """Waypoints ``(T, 23)`` from ``current`` toward ``target``: waypoint t is ``current + f_t (target -
+    current)`` with ``f_t = min(1, t * step / max |target - current|)``, so no joint moves more than ``step`` rad
+    per waypoint and the line ends on the target."""
+    delta = (target - current).to(current.dtype)
+    span = float(delta.abs().max())
+    t = torch.arange(1, horizon + 1, dtype=current.dtype, device=current.device)
+    frac = torch.clamp(t * step / span, max=1.0) if span > 0 else torch.ones_like(t)
+    return current[None] + frac[:, None] * delta[None]
