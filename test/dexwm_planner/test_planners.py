@@ -644,6 +644,22 @@ def test_goal_pose_proposal_solves_the_goal_hand_and_lines_up_toward_it(world_mo
     expected, first = lines[0], seen[0]
     assert float((first - expected[None]).abs().flatten(1).max(-1).values.min()) < 1e-5
     assert res.timing["goal_pose_error_m"] < 1e-3
+    # proposal_lift: aim above the goal until the hand is lined up horizontally, then at the goal itself
+    from dexwm_planner.planners.goal_pose import approach_target
+
+    hand_far = pts + torch.tensor([0.2, 0.0, 0.1], dtype=pts.dtype)
+    raised, lifted = approach_target(pts, hand_far, 0.08, 0.03)
+    assert lifted and torch.allclose(raised[:, 2], pts[:, 2] + 0.08) and torch.equal(raised[:, :2], pts[:, :2])
+    same, lifted = approach_target(pts, pts + torch.tensor([0.01, 0.0, 0.1], dtype=pts.dtype), 0.08, 0.03)
+    assert not lifted and torch.equal(same, pts)
+    assert not approach_target(pts, hand_far, 0.0, 0.03)[1]
+    lift_planner = make_planner(world_model, fk, cfg.replace(planner={"proposal_lift": 0.08}))
+    lift_state = lift_planner.prepare(obs)
+    line = lift_planner.goal_proposal(lift_state)  # home is far from the goal: the line heads for the raised pose
+    assert set(lift_planner._goal_poses) == {"lifted"}
+    raised_q = lift_planner._goal_poses["lifted"]
+    torch.testing.assert_close(kin.hand_world_points(raised_q.double())[:, 2], pts[:, 2] + 0.08, atol=2e-3, rtol=0)
+    assert line.shape == (2, 23)
     off = make_planner(world_model, fk, cfg.replace(planner={"proposal_fraction": 0.0}))
     assert off.goal_proposal(off.prepare(obs)) is None
     with pytest.raises(Exception, match="proposal_fraction"):

@@ -80,6 +80,8 @@ class SearchConfig:
     fine_scale: float = 0.25
     proposal_fraction: float = 0.0
     proposal_step: float = 0.1
+    proposal_lift: float = 0.0
+    proposal_align: float = 0.03
     cem: CEMConfig = field(default_factory=CEMConfig)
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
 
@@ -103,6 +105,8 @@ class SearchConfig:
             raise ConfigError(f"planner.proposal_fraction: expected a value in [0, 1), found "
                               f"{self.proposal_fraction!r}")
         _number("planner.proposal_step", self.proposal_step, 0.0, strict=True)
+        _number("planner.proposal_lift", self.proposal_lift, 0.0)
+        _number("planner.proposal_align", self.proposal_align, 0.0)
         for name in ("init_std_arm", "init_std_hand"):
             _number(f"planner.{name}", getattr(self, name), 0.0, strict=True)
         for name in ("std_floor_arm", "std_floor_hand"):

@@ -8,7 +8,11 @@ there (damped least squares on all 23 joints, clamped to the joint limits, start
 waypoint. The planner draws part of its first iteration's samples around that sequence
 (``planner.proposal_fraction``): random joint noise rarely finds the centimetre-precise descent onto an object that
 the cost ranks first, a line to the goal pose does. The world model still scores every sample, the proposal
-included; nothing is executed because it was proposed. This is our addition (not in the paper).
+included; nothing is executed because it was proposed. With ``planner.proposal_lift`` > 0 the line first goes to the
+goal pose lifted by that much while the hand is more than ``proposal_align`` m (mean over the keypoints, in the
+horizontal plane) away from its goal (:func:`approach_target`): the hand comes down onto the goal from above, as the
+scripted demonstrator does, instead of sweeping through the objects beside it. This is our addition (not in the
+paper).
 """
 
 from __future__ import annotations
@@ -30,6 +34,20 @@ def goal_points(goal_uv: Tensor, goal_depth: Tensor, camera: CameraSetup) -> Ten
     rays = uv1 @ torch.linalg.inv(K).T  # optical-frame directions with z = 1
     cam = rays * z[:, None]
     return cam @ pose[:3, :3].T + pose[:3, 3]
+
+
+def approach_target(points: Tensor, hand: Tensor, lift: float, align: float) -> tuple[Tensor, bool]:
+    """The keypoints ``(K, 3)`` to aim at now: ``points`` raised by ``lift`` m while the hand's keypoints ``hand
+    (K, 3)`` are on average more than ``align`` m from them horizontally, else ``points``; and whether lifted."""
+    known = torch.isfinite(points).all(-1)
+    if lift <= 0 or not bool(known.any()):
+        return points, False
+    gap = torch.linalg.vector_norm((hand.to(points) - points)[known, :2], dim=-1).mean()
+    if float(gap) <= align:
+        return points, False
+    raised = points.clone()
+    raised[:, 2] += lift
+    return raised, True
 
 
 def solve_goal_pose(kin: PlanKinematics, points: Tensor, start: Tensor, low: Tensor, high: Tensor,

@@ -38,7 +38,7 @@ from dexwm_planner.planners.cost import (
     total_cost,
 )
 from dexwm_planner.planners.approach import approach_violation, goal_rays
-from dexwm_planner.planners.goal_pose import goal_points, proposal_sequence, solve_goal_pose
+from dexwm_planner.planners.goal_pose import approach_target, goal_points, proposal_sequence, solve_goal_pose
 from dexwm_planner.planners.workspace import PlanWorkspace, workspace_floor
 from dexwm_planner.planners.kinematics import (
     NUM_HAND_POINTS,
@@ -188,7 +188,7 @@ class Planner:
         self._chunk_fn = torch.compile(self._rollout_chunk, dynamic=False) if rt.compile else self._rollout_chunk
         self._previous: Tensor | None = None
         self._replans = 0
-        self._goal_pose: Tensor | None = None
+        self._goal_poses: dict[str, Tensor] = {}
         self._goal_pose_error = float("nan")
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -229,7 +229,7 @@ class Planner:
         """Start a new episode: forget the warm start and the replan count."""
         self._previous = None
         self._replans = 0
-        self._goal_pose = None
+        self._goal_poses = {}
         self._goal_pose_error = float("nan")
 
     def _sync(self) -> None:
@@ -290,15 +290,20 @@ class Planner:
 
     def goal_proposal(self, state: ReplanState) -> Tensor | None:
         """The goal-pose line ``(T, 23)`` (:mod:`.goal_pose`) for this replan, or None (``proposal_fraction`` 0, or
-        no goal keypoints with depths). The goal pose is solved once per goal and refined from there each replan."""
+        no goal keypoints with depths). Each target pose (lifted, goal) is solved once per goal and refined from
+        there each replan."""
         pc = self.config.planner
         if pc.proposal_fraction <= 0 or state.goal_uv is None or state.goal_depth is None:
             return None
         points = goal_points(state.goal_uv, state.goal_depth, self.camera)
-        start = self._goal_pose if self._goal_pose is not None else state.joints
-        q, err = solve_goal_pose(self.kin, points, start, self.joint_low, self.joint_high)
-        self._goal_pose, self._goal_pose_error = q.to(torch.float32), err
-        return proposal_sequence(state.joints.to(torch.float32), self._goal_pose, self.horizon, pc.proposal_step)
+        hand = self.kin.hand_world_points(state.joints.to(torch.float64))
+        target, lifted = approach_target(points, hand, pc.proposal_lift, pc.proposal_align)
+        key = "lifted" if lifted else "goal"
+        start = self._goal_poses.get(key, self._goal_poses.get("goal", state.joints))
+        q, err = solve_goal_pose(self.kin, target, start, self.joint_low, self.joint_high)
+        self._goal_poses[key], self._goal_pose_error = q.to(torch.float32), err
+        return proposal_sequence(state.joints.to(torch.float32), self._goal_poses[key], self.horizon,
+                                 pc.proposal_step)
 
     # ------------------------------------------------------------------------------------------- replan
     def _check(self, obs: PlanObservation) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
