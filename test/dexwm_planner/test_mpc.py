@@ -11,7 +11,7 @@ import torch
 
 from dexwm_robot.config import ConfigError
 from dexwm_model.encoders.factory import EncoderConfig
-from dexwm_model.predictor.config import HandHeadConfig, load_predictor_config
+from dexwm_model.predictor.config import HandDepthHeadConfig, HandHeadConfig, load_predictor_config
 from dexwm_model.world_model import WorldModel, WorldModelConfig
 from dexwm_planner.mpc import GoalImageMPC, MPCConfig, MPCNotReady, MPCStep, load_mpc_config, mpc_planner_config
 from dexwm_planner.planners import Planner, sim_joint_limits
@@ -306,6 +306,37 @@ def test_goal_keypoints_given_or_read_and_mapped_to_the_camera(world_model, home
     np.testing.assert_allclose(mpc.keypoints_to_image(uv, (CAMERA, CAMERA)), uv * 2)
     back = world_model.encoder.preprocess.map_pixels(mpc.keypoints_to_image(uv, (240, 320)), (240, 320))
     np.testing.assert_allclose(back, uv, atol=1e-9)
+
+
+def test_goal_depths_given_or_read_by_the_hand_depth_head(home):
+    """With cost.depth_weight > 0 the goal's hand depths come from the model's hand depth head on the goal image
+    (or are given, checked) and reach every replan; without the term none are read."""
+    model = tiny_world_model()
+    model.add_hand_depth_head(HandDepthHeadConfig(width=32, heads=2), seed=0)
+    randomize(model.hand_depth_head, 3)
+    with torch.no_grad():
+        model.hand_depth_head.out.weight.mul_(0.01)  # depths near the head's base (1 m), so all are known
+    cfg = small_planner_config().replace(cost={"hand_weight": 1.0, "depth_weight": 100.0})
+    mpc = GoalImageMPC(model, Planner(model, cfg), MPCConfig(context_frames=4, frame_period_s=0.2))
+    goal, a = images(2, seed=9)
+    mpc.set_goal(goal, "reach")
+    with torch.no_grad():
+        want = model.hand_depths(model.encode(goal[None]))[0, 6:12].numpy()
+    np.testing.assert_allclose(mpc._goal_depth, want, atol=1e-5)
+    assert np.all(want > 0.5)
+    mpc.observe(a, home, 0.0)
+    np.testing.assert_allclose(mpc.observation().goal_depth, want, atol=1e-5)
+    step = mpc.plan()
+    assert len(step.info["terms"]["depth"]) == 2
+    given = np.array([0.9, 0.8, np.nan, 0.85, 0.8, 0.8])
+    mpc.set_goal(goal, "reach", goal_depth=given)
+    np.testing.assert_array_equal(mpc._goal_depth, given)
+    for bad in (np.ones(5), np.array([0.9, -0.1, 0.9, 0.9, 0.9, 0.9]), np.array([0.9, np.inf, 0.9, 0.9, 0.9, 0.9])):
+        with pytest.raises(ValueError, match="goal_depth"):
+            mpc.set_goal(goal, "reach", goal_depth=bad)
+    plain = GoalImageMPC(model, Planner(model, small_planner_config()), MPCConfig(context_frames=4))
+    plain.set_goal(goal, "reach")
+    assert plain._goal_depth is None
 
 
 def test_from_checkpoint_and_task_switching(world_model, home, tmp_path):

@@ -265,8 +265,8 @@ class Planner:
             raise ValueError("cost.depth_weight > 0 needs the goal's hand depths: give observation.goal_depth, or use "
                              "a world model with a hand depth head (`dexwm train hand-depth`)")
         with self.autocast():
-            depth = self.model.hand_depths(goal.to(self.device, self.model_dtype)[None])
-        return depth[0, RIGHT_HEATMAPS].float()
+            depth = self.model.hand_depths(goal.to(self.device, self.model_dtype)[None])[0, RIGHT_HEATMAPS].float()
+        return torch.where(depth > 0, depth, torch.full_like(depth, math.nan))  # a depth <= 0 says nothing: unknown
 
     @torch.no_grad()
     def goal_objects(self, goal: Tensor) -> Tensor:
