@@ -382,7 +382,9 @@ class GoalImageMPC:
                 kp12 = given.copy()
             else:
                 kp12[RIGHT_HEATMAPS] = uv
-        if depth is None and self.planner.config.cost.uses_depth:
+        pc = self.planner.config
+        wants_depth = pc.cost.uses_depth or pc.planner.proposal_fraction > 0
+        if depth is None and wants_depth and self.planner.has_depth_head:
             depth = self.planner.goal_depths(goal).cpu().double().numpy()
         self._goal, self._goal_uv, self._goal_kp12, self._goal_depth = goal, uv, kp12, depth
 

@@ -588,9 +588,10 @@ def test_depth_term_fixes_where_on_its_ray_the_hand_is(world_model, fk, frames, 
         obs.goal_depth = bad
         with pytest.raises(ValueError, match="goal_depth"):
             charged.prepare(obs)
-    obs.goal_depth = None
+    obs.goal_depth = None  # no depths and no hand depth head: planned without the term (warned when built)
+    assert not charged.has_depth_head and charged.prepare(obs).goal_depth is None
     with pytest.raises(ValueError, match="hand depth head"):
-        charged.prepare(obs)
+        charged.goal_depths(obs.goal)
     with pytest.raises(ConfigError, match="depth_weight"):
         base.replace(cost={"depth_weight": -1.0})
 

@@ -17,6 +17,7 @@ One replan (:meth:`Planner.plan`):
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,7 @@ from dexwm_planner.planners.optimizer import IterationStats, SamplingOptimizer
 from dexwm_planner.planners.rollout import CachedRollout, RolloutPlan
 
 NUM_ARM_JOINTS = 7
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -184,6 +186,11 @@ class Planner:
         floor = torch.where(arm, pc.std_floor_arm, pc.std_floor_hand).to(torch.float32)
         self.optimizer = SamplingOptimizer(pc, low.to(self.device), high.to(self.device), floor.to(self.device))
         self.rollout = CachedRollout(self.model.predictor)
+        self.has_depth_head = getattr(model, "hand_depth_head", None) is not None
+        if (cost.uses_depth or (pc.proposal_fraction > 0 and cost.uses_hand)) and not self.has_depth_head:
+            log.warning("cost.depth_weight / planner.proposal_fraction need the goal's hand depths, and this world "
+                        "model has no hand depth head (`dexwm train hand-depth`): they apply only when goal depths "
+                        "are given (PlanObservation.goal_depth); otherwise the planner plans without them")
         self.chunk_size = self._chunk_size()
         self._chunk_fn = torch.compile(self._rollout_chunk, dynamic=False) if rt.compile else self._rollout_chunk
         self._previous: Tensor | None = None
@@ -368,7 +375,11 @@ class Planner:
         if cfg.cost.uses_hand:
             goal_uv = kp.to(dev) if kp is not None else self.goal_keypoints(goal)
         if cfg.cost.uses_depth or (cfg.planner.proposal_fraction > 0 and goal_uv is not None):
-            goal_depth = depth.to(dev) if depth is not None else self.goal_depths(goal)
+            if depth is not None:
+                goal_depth = depth.to(dev)
+            elif self.has_depth_head:
+                goal_depth = self.goal_depths(goal)
+            # else: no goal depths (warned at construction): the depth term and the proposals stay off
         state = ReplanState(rollout=plan, goal=goal[None], goal_uv=goal_uv, joints=joints.to(dev),
                             weights=step_weights(self.horizon, cfg.cost.step_weight_exponent, dev),
                             goal_objects=self.goal_objects(goal) if cfg.cost.uses_objects else None,
