@@ -18,3 +18,15 @@ def normal_scheduler_after_each_test():
 
     if normal_scheduling():
         pytest.fail("this test left pytest's thread on a real-time scheduler (put back to SCHED_OTHER now)")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (small models: one thread is faster and gives stable sums), restored after.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

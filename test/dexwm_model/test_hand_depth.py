@@ -19,12 +19,7 @@ from dexwm_robot.config import ConfigError
 from test_training_helpers import TINY_MODEL, write_episodes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
