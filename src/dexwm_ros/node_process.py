@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dexwm_hw.child_signals import default_sigint
 from dexwm_robot.config import config_dir
 
 
@@ -35,7 +36,8 @@ class NodeProcess:
             full_env["ROS_LOG_DIR"] = str(ros_log_dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "w") as log:
-            self.popen = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+            self.popen = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                          preexec_fn=default_sigint)
 
     @property
     def args(self) -> list[str]:

@@ -373,3 +373,27 @@ def test_rviz_config_shows_robot_tf_camera_and_plan_markers():
     from dexwm_hw.description.urdf_model import load_urdf
 
     assert manager["Global Options"]["Fixed Frame"] == load_urdf(ROOT / "urdf" / "panda_allegro.urdf").root
+
+
+def test_processes_stop_on_sigint_even_when_the_starter_ignores_it():
+    """A starter run in the background by a shell without job control (`nohup dexwm launch ... &`, a CI script)
+    has SIGINT ignored, which its children would inherit: the supervisor's children get SIGINT back, so the
+    graceful stop still works (and a child Python installs its KeyboardInterrupt handler)."""
+    check = "import signal; print('handler', signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)"
+    probe = _py(check + "\nimport time\nwhile True: time.sleep(0.05)")
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        inherited = subprocess.run(_py(check), capture_output=True, text=True, timeout=60).stdout.strip()
+        assert inherited == "handler False"  # what a plain child gets: the reason for the fix
+        out = _Lines()
+        sup = Supervisor([ProcessSpec("probe", probe), ProcessSpec("polite", _py(SLEEPER))], FAST, out=out)
+        sup.start()
+        end = time.monotonic() + 30
+        while ("handler" not in out.text or " up" not in out.text) and time.monotonic() < end:
+            time.sleep(0.02)
+        outcome = sup.run(duration=0.1)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert "handler True" in out.text, out.text
+    results = {r.name: r for r in outcome.results}
+    assert results["polite"].stopped_by == "SIGINT" and results["probe"].stopped_by == "SIGINT", out.text

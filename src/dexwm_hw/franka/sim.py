@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from dexwm_hw.child_signals import default_sigint
 from dexwm_robot.assets import robot_model_paths
 
 FCI_PORT = 1337  # libfranka's robot command port (not configurable on the client side)
@@ -80,7 +81,8 @@ class FrankaSimProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         env["FRANKA_SIM_ENFORCE_MOTION_LIMITS"] = "1" if self.enforce_motion_limits else "0"
         self._log = open(self.log_path, "w") if self.log_path is not None else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=default_sigint)  # stop() sends SIGINT
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:

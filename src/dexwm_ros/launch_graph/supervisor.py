@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from dexwm_hw.child_signals import default_sigint
 from dexwm_robot.config import load_section
 
 CLEAN_EXIT_CODES = (0, -signal.SIGINT, 128 + signal.SIGINT)
@@ -67,7 +68,9 @@ EXIT_OK, EXIT_NODE_FAILED, EXIT_TIMEOUT = 0, 1, 3
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the starter dies (Linux ``prctl(PR_SET_PDEATHSIG)``)."""
+    """In the child before exec: SIGTERM when the starter dies (Linux ``prctl(PR_SET_PDEATHSIG)``), and SIGINT (the
+    graceful stop) not ignored even when the starter runs in the background (:mod:`dexwm_hw.child_signals`)."""
+    default_sigint()
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
