@@ -99,6 +99,10 @@ OBJECT_POSES_TOPIC = "dexwm/sim/object_poses"  # the simulator's extras (dexwm_r
 OBJECT_NAMES_TOPIC = "dexwm/sim/object_names"
 R = RunTask.Result
 _LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+# the plan status keeps its last 50 messages for subscribers that join late (a monitor, rviz, a test probe started
+# just before the node): a volatile subscriber gets only new ones, a transient-local one the history too
+PLAN_STATUS_QOS = QoSProfile(depth=50, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
 
 
 @dataclass
@@ -178,7 +182,7 @@ class PlannerNode(PlannerParameters, GoalValidation, PlannerOutputs, StartupTask
 
         cb = self.cb
         self.pub_waypoint = self.create_publisher(JointTrajectory, WAYPOINT_TOPIC, 10)
-        self.pub_status = self.create_publisher(PlanStatus, PLAN_STATUS_TOPIC, 10)
+        self.pub_status = self.create_publisher(PlanStatus, PLAN_STATUS_TOPIC, PLAN_STATUS_QOS)
         self.pub_markers = self.create_publisher(MarkerArray, PLAN_MARKERS_TOPIC, 5)
         self.create_subscription(Image, p("image_topic"), self._on_image, 2, callback_group=cb)
         self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, 2, callback_group=cb)

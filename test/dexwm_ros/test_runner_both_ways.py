@@ -18,6 +18,7 @@ pytest.importorskip("dexwm_interfaces.action")
 from dexwm_cli.main import main  # noqa: E402
 from dexwm_interfaces.msg import PlanStatus  # noqa: E402
 from dexwm_planner.benchmark.tiny_model import tiny_checkpoint  # noqa: E402
+from dexwm_ros.planner_node import PLAN_STATUS_QOS  # noqa: E402
 from dexwm_planner.tasks.config import load_tasks_config  # noqa: E402
 from dexwm_planner.tasks.episode_file import read_episode_file, write_episode_files  # noqa: E402
 from dexwm_ros.graph_probe import GraphProbe  # noqa: E402
@@ -60,7 +61,7 @@ def _node(folder: Path, checkpoint: Path, episode_file: Path) -> tuple[dict, lis
     logs = folder / "logs"
     result_file = folder / "node_result.json"
     probe = GraphProbe("runner_both_ways_probe", DOMAIN_ID, threads=2, wait_s=WAIT)
-    probe.collect(PlanStatus, "/dexwm/plan_status", 50)
+    probe.collect(PlanStatus, "/dexwm/plan_status", PLAN_STATUS_QOS)  # history too: no status lost to discovery
     procs = [_launch("dexwm_sim_node", "sim_node.yaml", logs, f"seed:={int(ep['seed'])}", f"start_joints:={start}"),
              _launch("dexwm_safety_node", "controllers.yaml", logs, "image_timeout:=4.0"),
              _launch("dexwm_arm_controller_node", "controllers.yaml", logs),
