@@ -44,7 +44,7 @@ from dexwm_model.world_model import WorldModel
 from dexwm_planner.planners.config import PlannerConfig, load_planner_config
 from dexwm_planner.planners.cost import latent_distance
 from dexwm_planner.planners.kinematics import NUM_HAND_POINTS, RIGHT_HEATMAPS
-from dexwm_planner.planners.planner import PlanObservation, Planner, PlanResult
+from dexwm_planner.planners.planner import PlanObservation, Planner, PlanResult, check_goal_depth
 
 CONFIG_FILE = "mpc.yaml"
 KEYPOINT_SOURCES = ("head", "fk", "none")
@@ -188,20 +188,6 @@ def _check_goal_keypoints(kp: Any) -> np.ndarray:
                          f"({NUM_HEATMAPS}, 2) pixels, found shape {arr.shape}")
     if np.isinf(arr).any():
         raise ValueError("set_goal: goal_keypoints must be finite pixels or NaN (unknown), found inf")
-    return arr
-
-
-def _check_goal_depth(depth: Any) -> np.ndarray:
-    arr = np.asarray(depth, dtype=np.float64)
-    if arr.shape == (NUM_HEATMAPS,):
-        arr = arr[RIGHT_HEATMAPS]
-    if arr.shape != (NUM_HAND_POINTS,):
-        raise ValueError(f"set_goal: goal_depth must be ({NUM_HAND_POINTS},) camera depths of the right wrist + 5 tips "
-                         f"or ({NUM_HEATMAPS},), found shape {arr.shape}")
-    known = arr[np.isfinite(arr)]
-    if np.isinf(arr).any() or (known <= 0).any():
-        raise ValueError(f"set_goal: goal_depth must be positive depths in metres or NaN (unknown), found "
-                         f"{arr.tolist()}")
     return arr
 
 
@@ -366,7 +352,7 @@ class GoalImageMPC:
         if task not in TASK_NAMES:
             raise ValueError(f"set_goal: task must be one of {TASK_NAMES}, found {task!r}")
         uv = None if goal_keypoints is None else _check_goal_keypoints(goal_keypoints)
-        depth = None if goal_depth is None else _check_goal_depth(goal_depth)
+        depth = None if goal_depth is None else check_goal_depth(goal_depth, "set_goal: goal_depth")
         self.reset()
         self._switch_task(task)
         goal = self._encode(goal_image)
@@ -382,9 +368,7 @@ class GoalImageMPC:
                 kp12 = given.copy()
             else:
                 kp12[RIGHT_HEATMAPS] = uv
-        pc = self.planner.config
-        wants_depth = pc.cost.uses_depth or pc.planner.proposal_fraction > 0
-        if depth is None and wants_depth and self.planner.has_depth_head:
+        if depth is None and self.planner.config.uses_goal_depth and self.planner.has_depth_head:
             depth = self.planner.goal_depths(goal).cpu().double().numpy()
         self._goal, self._goal_uv, self._goal_kp12, self._goal_depth = goal, uv, kp12, depth
 

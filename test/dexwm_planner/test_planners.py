@@ -661,6 +661,11 @@ def test_goal_pose_proposal_solves_the_goal_hand_and_lines_up_toward_it(world_mo
     raised_q = lift_planner._goal_poses["lifted"]
     torch.testing.assert_close(kin.hand_world_points(raised_q.double())[:, 2], pts[:, 2] + 0.08, atol=2e-3, rtol=0)
     assert line.shape == (2, 23)
+    # proposals without the depth term (and the hand read by the head): the goal's depths serve the line only
+    lone = make_planner(world_model, fk, cfg.replace(cost={"depth_weight": 0.0, "hand_source": "head"}))
+    lone_state = lone.prepare(obs)
+    assert lone_state.goal_depth is not None and lone.goal_proposal(lone_state) is not None
+    assert lone.plan(lone_state).terms["depth"] == []
     off = make_planner(world_model, fk, cfg.replace(planner={"proposal_fraction": 0.0}))
     assert off.goal_proposal(off.prepare(obs)) is None
     with pytest.raises(Exception, match="proposal_fraction"):

@@ -212,6 +212,12 @@ class PlannerConfig:
     cost: CostConfig = field(default_factory=CostConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
+    @property
+    def uses_goal_depth(self) -> bool:
+        """The goal's hand depths are needed: by the depth term, or by goal-pose proposals (which also need the
+        goal's hand pixels, so the hand term on)."""
+        return self.cost.uses_depth or (self.planner.proposal_fraction > 0 and self.cost.uses_hand)
+
     def replace(self, **sections: dict[str, Any]) -> "PlannerConfig":
         """A copy with single fields changed: ``cfg.replace(planner={"samples": 64}, cost={"hand_source": "head"})``
         (nested ``cem`` / ``mppi`` dictionaries are merged too)."""

@@ -56,6 +56,21 @@ NUM_ARM_JOINTS = 7
 log = logging.getLogger(__name__)
 
 
+def check_goal_depth(depth: Any, where: str) -> np.ndarray:
+    """Goal hand depths ``(6,)`` (or all 12 heat-map keypoints' ``(12,)``) -> the right hand's ``(6,)`` float64;
+    ``ValueError`` naming ``where`` unless each is a positive depth in metres or NaN (unknown)."""
+    arr = (depth.detach().cpu().double().numpy() if isinstance(depth, Tensor)
+           else np.asarray(depth, dtype=np.float64))
+    if arr.shape == (2 * NUM_HAND_POINTS,):
+        arr = arr[RIGHT_HEATMAPS]
+    known = arr[np.isfinite(arr)]
+    if arr.shape != (NUM_HAND_POINTS,) or np.isinf(arr).any() or (known <= 0).any():
+        raise ValueError(f"{where}: expected ({NUM_HAND_POINTS},) or ({2 * NUM_HAND_POINTS},) positive camera depths "
+                         f"of the right wrist + 5 tips in metres (NaN = unknown), found shape {arr.shape}: "
+                         f"{arr.tolist()}")
+    return arr
+
+
 @dataclass
 class PlanObservation:
     """What one replan needs. ``context``: latents ``(C, P, d)`` of the C context frames, oldest first (the
@@ -162,8 +177,7 @@ class Planner:
         if self.config.cost.uses_objects and model.object_head is None:
             raise ValueError("cost.object_weight > 0 needs a world model with an object head (this checkpoint has "
                              "none: train one with `dexwm train world-model --section cpu_fast_objects`)")
-        for part in (model.projection, model.predictor, model.hand_head, model.object_head,
-                     getattr(model, "hand_depth_head", None)):
+        for part in (model.projection, model.predictor, model.hand_head, model.object_head, model.hand_depth_head):
             if part is not None:
                 part.to(self.model_dtype)
         fk = PandaAllegroFK.default() if fk is None else fk
@@ -186,8 +200,8 @@ class Planner:
         floor = torch.where(arm, pc.std_floor_arm, pc.std_floor_hand).to(torch.float32)
         self.optimizer = SamplingOptimizer(pc, low.to(self.device), high.to(self.device), floor.to(self.device))
         self.rollout = CachedRollout(self.model.predictor)
-        self.has_depth_head = getattr(model, "hand_depth_head", None) is not None
-        if (cost.uses_depth or (pc.proposal_fraction > 0 and cost.uses_hand)) and not self.has_depth_head:
+        self.has_depth_head = model.hand_depth_head is not None
+        if self.config.uses_goal_depth and not self.has_depth_head:
             log.warning("cost.depth_weight / planner.proposal_fraction need the goal's hand depths, and this world "
                         "model has no hand depth head (`dexwm train hand-depth`): they apply only when goal depths "
                         "are given (PlanObservation.goal_depth); otherwise the planner plans without them")
@@ -268,7 +282,7 @@ class Planner:
     def goal_depths(self, goal: Tensor) -> Tensor:
         """The camera depths (m) ``(6,)`` of the right wrist + 5 tips read from a goal latent ``(P, d)`` by the
         world model's hand depth head (the depth term's goal when none is given)."""
-        if getattr(self.model, "hand_depth_head", None) is None:
+        if not self.has_depth_head:
             raise ValueError("cost.depth_weight > 0 needs the goal's hand depths: give observation.goal_depth, or use "
                              "a world model with a hand depth head (`dexwm train hand-depth`)")
         with self.autocast():
@@ -344,14 +358,7 @@ class Planner:
                                  f"({2 * NUM_HAND_POINTS}, 2) pixels, found shape {tuple(kp.shape)}")
         depth = None
         if obs.goal_depth is not None:
-            depth = torch.as_tensor(np.asarray(obs.goal_depth, dtype=np.float64)
-                                    if not isinstance(obs.goal_depth, Tensor) else obs.goal_depth).float()
-            if tuple(depth.shape) == (2 * NUM_HAND_POINTS,):
-                depth = depth[RIGHT_HEATMAPS]
-            if tuple(depth.shape) != (NUM_HAND_POINTS,) or bool((depth[torch.isfinite(depth)] <= 0).any()) \
-                    or bool(torch.isinf(depth).any()):
-                raise ValueError(f"observation.goal_depth: expected ({NUM_HAND_POINTS},) or ({2 * NUM_HAND_POINTS},) "
-                                 f"positive camera depths in metres (NaN = unknown), found {depth.tolist()}")
+            depth = torch.as_tensor(check_goal_depth(obs.goal_depth, "observation.goal_depth")).float()
         mask = None
         if obs.mask is not None:
             mask = torch.as_tensor(obs.mask)
@@ -374,7 +381,7 @@ class Planner:
         goal_uv = goal_depth = None
         if cfg.cost.uses_hand:
             goal_uv = kp.to(dev) if kp is not None else self.goal_keypoints(goal)
-        if cfg.cost.uses_depth or (cfg.planner.proposal_fraction > 0 and goal_uv is not None):
+        if cfg.uses_goal_depth:
             if depth is not None:
                 goal_depth = depth.to(dev)
             elif self.has_depth_head:
@@ -442,7 +449,7 @@ class Planner:
             approach = approach_violation(kin.hand_xyz, *state.goal_rays, self.floor, cfg.approach_height,
                                           cfg.approach_radius)
         depth = None
-        if state.goal_depth is not None:
+        if cfg.uses_depth and state.goal_depth is not None:  # proposals alone need the goal's depths, not the term
             depth = depth_distance(kin.hand_depth, state.goal_depth)
         total = total_cost(cfg, state.weights, latent, hand, kin.palm_down, obj_term, approach, depth)
         if self.workspace is not None:
