@@ -18,6 +18,7 @@ from dexwm_model.predictor.config import HandDepthHeadConfig, HandHeadConfig, Ob
 from dexwm_model.predictor.layers import EncoderBlock, init_linear_
 
 NUM_HEATMAPS = 2 * len(HEATMAP_KEYPOINTS_21)  # 12: left wrist + 5 tips, right wrist + 5 tips
+RIGHT_HAND_MAPS = slice(len(HEATMAP_KEYPOINTS_21), NUM_HEATMAPS)  # the right hand's wrist + 5 tips among them
 
 
 class KeypointHeatmapHead(nn.Module):

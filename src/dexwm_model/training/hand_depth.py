@@ -33,12 +33,13 @@ from torch import Tensor
 
 from dexwm_model.config import ConfigError, from_dict, load_yaml
 from dexwm_model.data.episode import EpisodeFormatError, EpisodeReader, list_episodes
+from dexwm_model.datasets.keypoints import finalize, project
 from dexwm_model.kinematics.hand_layout import HEATMAP_KEYPOINTS_21
 from dexwm_model.predictor.config import HandDepthHeadConfig
+from dexwm_model.predictor.hand_head import NUM_HEATMAPS, RIGHT_HAND_MAPS as RIGHT, HandDepthHead
 from dexwm_model.world_model import CheckpointError, WorldModel
 
 CONFIG_FILE = "hand_depth.yaml"
-RIGHT = slice(6, 12)  # the right hand's wrist + 5 tips among the 12 heat-map keypoints
 
 
 @dataclass
@@ -96,18 +97,20 @@ def encode_episodes(model: WorldModel, folders: list[str | Path], stride: int, b
         idx = np.arange(0, ep.frames.shape[0], stride)
         K = pre.adjust_intrinsics(np.asarray(ep.camera_intrinsics, dtype=np.float64), ep.frames.shape[1:3])
         cam = np.asarray(ep.keypoints_camera, dtype=np.float64)[idx][:, tips]  # (n, 6, 3)
-        z = cam[..., 2]
-        front = z > 1e-6
-        zs = np.where(front, z, 1.0)
-        u = K[0, 0] * cam[..., 0] / zs + K[0, 1] * cam[..., 1] / zs + K[0, 2]
-        v = K[1, 1] * cam[..., 1] / zs + K[1, 2]
-        inside = front & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        uv, inside = finalize(project(cam, K), np.ones(cam.shape[:-1], dtype=bool), (h, w))
         for s in range(0, len(idx), batch):
             toks.append(model.encode(ep.frames[idx[s:s + batch]]).float())
-        uvs.append(torch.as_tensor(np.stack([u, v], -1), dtype=torch.float32))
-        depths.append(torch.as_tensor(z, dtype=torch.float32))
+        uvs.append(torch.as_tensor(uv))
+        depths.append(torch.as_tensor(cam[..., 2], dtype=torch.float32))
         valids.append(torch.as_tensor(inside))
     return DepthFrames(torch.cat(toks), torch.cat(uvs), torch.cat(depths), torch.cat(valids))
+
+
+def read_at_right_hand(head: HandDepthHead, maps: Tensor, uv: Tensor) -> Tensor:
+    """Depths ``(B, 6)`` of the right hand's keypoints read from the head's maps at their pixels ``uv (B, 6, 2)``."""
+    full = torch.zeros(uv.shape[0], NUM_HEATMAPS, 2, dtype=uv.dtype, device=uv.device)
+    full[:, RIGHT] = uv
+    return head.read(maps, full)[:, RIGHT]
 
 
 def depth_report(model: WorldModel, frames: DepthFrames, mean_depth: float, batch: int = 128) -> dict[str, Any]:
@@ -118,9 +121,7 @@ def depth_report(model: WorldModel, frames: DepthFrames, mean_depth: float, batc
         for s in range(0, frames.tokens.shape[0], batch):
             t = frames.tokens[s:s + batch]
             maps = head(t)
-            full = torch.zeros(t.shape[0], 12, 2)
-            full[:, RIGHT] = frames.uv[s:s + batch]
-            at_true.append(head.read(maps, full)[:, RIGHT])
+            at_true.append(read_at_right_hand(head, maps, frames.uv[s:s + batch]))
             at_head.append(head.read(maps, model.hand_keypoints(t)[0])[:, RIGHT])
     valid = frames.valid
     truth = frames.depth[valid]
@@ -151,10 +152,7 @@ def train_head(model: WorldModel, cfg: HandDepthHeadConfig, train: HandDepthTrai
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, n, (min(train.batch_size, n),), generator=gen)
-        maps = head(frames.tokens[idx])
-        full = torch.zeros(idx.numel(), 12, 2)
-        full[:, RIGHT] = frames.uv[idx]
-        pred = head.read(maps, full)[:, RIGHT]
+        pred = read_at_right_hand(head, head(frames.tokens[idx]), frames.uv[idx])
         valid = frames.valid[idx]
         loss = F.smooth_l1_loss(pred[valid], frames.depth[idx][valid], beta=0.02)
         if not bool(torch.isfinite(loss)):

@@ -25,12 +25,13 @@ from dexwm_model.actions.space import ACTION_DIM, RIGHT_HAND
 from dexwm_model.kinematics.chain import project, world_to_camera
 from dexwm_model.kinematics.hand_layout import ALLEGRO_TO_HAND21, HEATMAP_KEYPOINTS_21
 from dexwm_model.kinematics.panda_allegro import KEYPOINT_SITE_NAMES, NUM_ROBOT_JOINTS, PALM_CENTER, PandaAllegroFK
+from dexwm_model.predictor.hand_head import RIGHT_HAND_MAPS
 
 # the palm_center site carries the palm body's axes; the palm normal is its +x axis (dexwm_hw.sim.scene)
 PALM_NORMAL_AXIS = 0
 DOWN = (0.0, 0.0, -1.0)
 # the 6 keypoints of the right hand among the 12 heat-maps (left wrist + 5 tips, then right wrist + 5 tips)
-RIGHT_HEATMAPS = slice(6, 12)
+RIGHT_HEATMAPS = RIGHT_HAND_MAPS
 NUM_HAND_POINTS = len(HEATMAP_KEYPOINTS_21)  # 6
 
 
