@@ -54,6 +54,16 @@ class PredictorConfig:
         return self.width // self.heads
 
 
+def _check_head_blocks(cfg, section: str) -> None:
+    """The transformer of a keypoint head: positive integer ``depth``, ``width``, ``heads``; width divisible by heads."""
+    for name in ("depth", "width", "heads"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{section}.{name}: expected a positive integer, found {value!r}")
+    if cfg.width % cfg.heads:
+        raise ConfigError(f"{section}: width {cfg.width} is not divisible by heads {cfg.heads}")
+
+
 @dataclass
 class HandHeadConfig:
     depth: int
@@ -66,12 +76,7 @@ class HandHeadConfig:
     pck_thresholds_px: list[float] = field(default_factory=lambda: [2.5, 5.0, 10.0, 20.0])
 
     def __post_init__(self) -> None:
-        for name in ("depth", "width", "heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"hand_head.{name}: expected a positive integer, found {value!r}")
-        if self.width % self.heads:
-            raise ConfigError(f"hand_head: width {self.width} is not divisible by heads {self.heads}")
+        _check_head_blocks(self, "hand_head")
         if self.sigma_px <= 0:
             raise ConfigError(f"hand_head.sigma_px: expected > 0, found {self.sigma_px}")
         if self.loss_weight < 0:
@@ -108,12 +113,7 @@ class HandDepthHeadConfig:
     base_depth_m: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("depth", "width", "heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"hand_depth_head.{name}: expected a positive integer, found {value!r}")
-        if self.width % self.heads:
-            raise ConfigError(f"hand_depth_head: width {self.width} is not divisible by heads {self.heads}")
+        _check_head_blocks(self, "hand_depth_head")
         if not self.base_depth_m > 0:
             raise ConfigError(f"hand_depth_head.base_depth_m: expected > 0, found {self.base_depth_m!r}")
 
