@@ -21,19 +21,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dexwm_planner.planners.kinematics import CameraSetup
+from dexwm_planner.planners.kinematics import CameraSetup, pixel_rays
 
 
 def goal_rays(goal_uv: Tensor, camera: CameraSetup) -> tuple[Tensor, Tensor]:
     """Camera centre ``(3,)`` and unit world directions ``(K, 3)`` of the rays through the goal pixels
     ``goal_uv (K, 2)`` (rows with NaN stay NaN: the goal does not show that keypoint)."""
     dtype = goal_uv.dtype if goal_uv.dtype in (torch.float32, torch.float64) else torch.float32
-    pose = torch.as_tensor(camera.pose, dtype=dtype, device=goal_uv.device)
-    K = torch.as_tensor(camera.intrinsics, dtype=dtype, device=goal_uv.device)
-    uv1 = torch.cat([goal_uv.to(dtype), torch.ones_like(goal_uv[:, :1], dtype=dtype)], dim=-1)  # (K, 3)
-    d_cam = uv1 @ torch.linalg.inv(K).T  # optical frame: x right, y down, z forward
-    d_world = d_cam @ pose[:3, :3].T
-    return pose[:3, 3], d_world / torch.linalg.vector_norm(d_world, dim=-1, keepdim=True)
+    d_cam, R, origin = pixel_rays(goal_uv, camera, dtype)  # optical frame: x right, y down, z forward
+    d_world = d_cam @ R.T
+    return origin, d_world / torch.linalg.vector_norm(d_world, dim=-1, keepdim=True)
 
 
 def approach_violation(points: Tensor, origin: Tensor, dirs: Tensor, floor: float, height: float,

@@ -20,20 +20,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dexwm_planner.planners.kinematics import CameraSetup, PlanKinematics
+from dexwm_planner.planners.kinematics import CameraSetup, PlanKinematics, pixel_rays
 
 
 def goal_points(goal_uv: Tensor, goal_depth: Tensor, camera: CameraSetup) -> Tensor:
     """World points ``(K, 3)`` of pixels ``goal_uv (K, 2)`` at camera depths ``goal_depth (K,)`` (along the optical
     axis, metres); rows with an unknown pixel or depth are NaN."""
-    dtype = torch.float64
-    K = torch.as_tensor(camera.intrinsics, dtype=dtype, device=goal_uv.device)
-    pose = torch.as_tensor(camera.pose, dtype=dtype, device=goal_uv.device)
-    uv, z = goal_uv.to(dtype), goal_depth.to(dtype)
-    uv1 = torch.cat([uv, torch.ones_like(uv[:, :1])], dim=-1)
-    rays = uv1 @ torch.linalg.inv(K).T  # optical-frame directions with z = 1
-    cam = rays * z[:, None]
-    return cam @ pose[:3, :3].T + pose[:3, 3]
+    rays, R, t = pixel_rays(goal_uv, camera)
+    return (rays * goal_depth.to(rays)[:, None]) @ R.T + t
 
 
 def approach_target(points: Tensor, hand: Tensor, lift: float, align: float) -> tuple[Tensor, bool]:

@@ -60,6 +60,16 @@ class CameraSetup:
         object.__setattr__(self, "image_hw", (int(self.image_hw[0]), int(self.image_hw[1])))
 
 
+def pixel_rays(uv: Tensor, camera: CameraSetup, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
+    """Rays through pixels ``uv (K, 2)`` of ``camera``: optical-frame directions ``(K, 3)`` scaled to z = 1 (a point
+    at depth z along the optical axis is ``z * ray``), and the camera-to-world rotation ``(3, 3)`` and position
+    ``(3,)``, all in ``dtype`` on ``uv``'s device (rows of NaN pixels stay NaN)."""
+    K = torch.as_tensor(camera.intrinsics, dtype=dtype, device=uv.device)
+    pose = torch.as_tensor(camera.pose, dtype=dtype, device=uv.device)
+    uv1 = torch.cat([uv.to(dtype), torch.ones_like(uv[:, :1], dtype=dtype)], dim=-1)
+    return uv1 @ torch.linalg.inv(K).T, pose[:3, :3], pose[:3, 3]
+
+
 @functools.lru_cache(maxsize=1)
 def _sim_robot() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
     """Joint limits, camera pose / intrinsics / image size of the simulated scene (``config/sim.yaml``)."""
