@@ -356,8 +356,7 @@ class GoalImageMPC:
         self.reset()
         self._switch_task(task)
         goal = self._encode(goal_image)
-        with self.planner.autocast():
-            head12 = self.model.hand_keypoints(goal[None])[0][0].float().cpu().double().numpy()
+        head12 = self.model.hand_keypoints(goal[None])[0][0].float().cpu().double().numpy()  # model dtype
         if uv is None:
             uv = head12[RIGHT_HEATMAPS].copy()
             kp12 = head12

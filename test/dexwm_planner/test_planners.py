@@ -703,3 +703,42 @@ def test_focused_latent_term_weights_the_tokens_around_the_goal_hand(world_model
     assert not torch.allclose(d.latent, d_plain.latent)
     with pytest.raises(ValueError, match="focused latent"):
         ReferencePattern(world_model, base.replace(cost={"latent_focus": 0.5}), plain.camera)
+
+
+def test_bf16_autocast_runs_the_predictor_only_and_auto_picks_it_where_the_cpu_multiplies_bf16(
+        world_model, fk, frames, home, monkeypatch):
+    """runtime.dtype bfloat16: the predictor's rollout runs under bf16 autocast (costs near the fp32 ones, not
+    equal), while the encoder and the heads read the goal in fp32 (a depth of ~1 m in bf16 would be rounded to
+    4-8 mm); ``auto`` resolves to bf16 on CUDA and on CPUs with hardware bf16 matrix products, else fp32."""
+    from dexwm_model.predictor.config import HandDepthHeadConfig
+    from dexwm_planner.planners import planner as planner_module
+
+    model = copy.deepcopy(world_model)
+    model.add_hand_depth_head(HandDepthHeadConfig(width=32, heads=2), seed=0)
+    randomize(model.hand_depth_head, 3)
+    base = small_config().replace(cost={"hand_weight": 1.0, "hand_source": "fk", "depth_weight": 10.0})
+    p32 = make_planner(model, fk, base)
+    p16 = make_planner(model, fk, base.replace(runtime={"dtype": "bfloat16"}))
+    assert p32.autocast_dtype is None and p16.autocast_dtype == torch.bfloat16
+    images, _, goal = frames
+    torch.testing.assert_close(p16.encode(images), p32.encode(images), rtol=0, atol=0)
+    torch.testing.assert_close(p16.goal_keypoints(goal), p32.goal_keypoints(goal), rtol=0, atol=0)
+    torch.testing.assert_close(p16.goal_depths(goal), p32.goal_depths(goal), rtol=0, atol=0)
+    obs = observation(frames, home)
+    s32, s16 = p32.prepare(obs), p16.prepare(obs)
+    g = torch.Generator().manual_seed(4)
+    samples = torch.as_tensor(home, dtype=torch.float32) + 0.1 * torch.randn(16, 2, 23, generator=g)
+    c32, c16 = p32.evaluate(s32, samples), p16.evaluate(s16, samples)
+    assert c16.dtype == c32.dtype and bool(torch.isfinite(c16).all())
+    assert not torch.equal(c16, c32)  # the rollout did run in bf16
+    torch.testing.assert_close(c16, c32, rtol=5e-2, atol=5e-2)
+    # what "auto" means
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert planner_module.resolve_dtype("float32", cuda) == "float32"
+    assert planner_module.resolve_dtype("float64", cpu) == "float64"
+    assert planner_module.resolve_dtype("auto", cuda) == "bfloat16"
+    monkeypatch.setattr(planner_module, "cpu_has_bf16_matmul", lambda: True)
+    assert planner_module.resolve_dtype("auto", cpu) == "bfloat16"
+    monkeypatch.setattr(planner_module, "cpu_has_bf16_matmul", lambda: False)
+    assert planner_module.resolve_dtype("auto", cpu) == "float32"
+    assert make_planner(model, fk, base.replace(runtime={"dtype": "auto"})).autocast_dtype is None

@@ -109,6 +109,16 @@ def test_bench_plan_times_a_checkpoint_under_a_planner_profile(capsys, monkeypat
         assert 0.8 < ratio < 1.25, (path, ratio)
     assert 0 < entry["fast"]["fraction_of_matmul_rate"]
     assert entry["same_costs_max_rel_diff"] < 1e-4
+    assert entry["dtype"] == "float32"  # the quick profile's runtime.dtype
+    try:  # --dtype overrides the profile's; a bf16 run is also measured against the bf16 matmul rate
+        rc = main(["bench", "plan", "--checkpoint", str(ckpt), "--profile", "quick", "--device", "cpu",
+                   "--threads", "1", "--budget-s", "2", "--no-reference", "--dtype", "bfloat16"])
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(capsys.readouterr().out)
+    (entry,) = report["results"]
+    assert rc == 0 and entry["dtype"] == "bfloat16 autocast" and "reference" not in entry
+    assert report["matmul_flop_rate_bfloat16"] > 0 and entry["fast"]["fraction_of_bfloat16_matmul_rate"] > 0
     with pytest.raises(SystemExit, match="unknown planner profile 'moon'"):
         main(["bench", "plan", "--checkpoint", str(ckpt), "--profile", "moon"])
     with pytest.raises(SystemExit, match="--checkpoint: world-model checkpoint .* missing config.yaml"):

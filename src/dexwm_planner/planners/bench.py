@@ -93,6 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time this world-model checkpoint under a planner profile instead of random sizes")
     parser.add_argument("--profile", default="cpu",
                         help="with --checkpoint: planner profile of config/mpc.yaml (default cpu)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
+                        help="the planner's runtime.dtype (default: the profile's with --checkpoint, else auto)")
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -193,11 +195,12 @@ def checkpoint_setting(model: Any, profile: str) -> Setting:
                    chunk_size=pc.samples)
 
 
-def machine_rate(device: torch.device) -> float:
-    """FLOP/s of a large matrix product here (float32 on the CPU, bfloat16 on CUDA): the yardstick for the
+def machine_rate(device: torch.device, dtype: torch.dtype | None = None) -> float:
+    """FLOP/s of a large matrix product here (default float32 on the CPU, bfloat16 on CUDA): the yardstick for the
     a-priori estimates of configurations too slow to probe."""
     n = 1024 if device.type == "cpu" else 8192
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     a = torch.randn(n, n, device=device, dtype=dtype)
     a @ a
     reps, (_, dt) = 3, _timed(lambda: [a @ a for _ in range(3)], device)
@@ -275,7 +278,7 @@ def _summary(iter_times: list[float]) -> float:
 
 def bench_one(setting_name: str, size: str, device: torch.device, budget: float, method: str, compile_: bool,
               reference: bool, rate: float, memory_gb: float | None = None,
-              checkpoint: str | None = None) -> dict[str, Any]:
+              checkpoint: str | None = None, dtype: str | None = None) -> dict[str, Any]:
     """One row of the report. With ``checkpoint`` (a world-model folder), ``setting_name`` is a planner profile of
     ``config/mpc.yaml`` and ``size`` only labels the row."""
     from dexwm_hw.sim.scene import load_sim_config
@@ -301,7 +304,8 @@ def bench_one(setting_name: str, size: str, device: torch.device, budget: float,
     cfg = base.replace(
         planner={"method": method, "samples": st.samples, "iterations": st.iterations, "horizon": st.horizon,
                  "cem": {"elites": st.elites}, "mppi": {"elites": st.elites}},
-        runtime={"device": str(device), "dtype": "auto", "compile": compile_, "chunk_size": st.chunk_size,
+        runtime={"device": str(device), "compile": compile_, "chunk_size": st.chunk_size,
+                 "dtype": dtype or (base.runtime.dtype if checkpoint is not None else "auto"),
                  **({} if memory_gb is None else {"memory_budget_gb": memory_gb})})
     planner = Planner(model, cfg)
     g = torch.Generator().manual_seed(0)
@@ -501,7 +505,8 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             entry = bench_one(args.profile, args.checkpoint, device, budget, args.method, args.compile,
-                              not args.no_reference, rate, args.memory_budget_gb, checkpoint=args.checkpoint)
+                              not args.no_reference, rate, args.memory_budget_gb, checkpoint=args.checkpoint,
+                              dtype=args.dtype)
         except CheckpointError as exc:
             raise SystemExit(f"--checkpoint: {exc}") from None
         except (RuntimeError, MemoryError) as exc:
@@ -509,6 +514,10 @@ def run(args: argparse.Namespace) -> int:
         entry["bench_wall_s"] = round(time.perf_counter() - t0, 2)
         if "fast" in entry and entry["fast"].get("flop_rate"):
             entry["fast"]["fraction_of_matmul_rate"] = round(entry["fast"]["flop_rate"] / rate, 3)
+            if device.type == "cpu" and entry.get("dtype") == "bfloat16 autocast":  # also against bf16's own peak
+                bf16_rate = machine_rate(device, torch.bfloat16)
+                report["matmul_flop_rate_bfloat16"] = float(f"{bf16_rate:.4g}")
+                entry["fast"]["fraction_of_bfloat16_matmul_rate"] = round(entry["fast"]["flop_rate"] / bf16_rate, 3)
         report["results"].append(entry)
         settings = []
     for setting in settings:
@@ -516,7 +525,7 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             try:
                 entry = bench_one(setting, size, device, budget, args.method, args.compile, not args.no_reference,
-                                  rate, args.memory_budget_gb)
+                                  rate, args.memory_budget_gb, dtype=args.dtype)
             except (RuntimeError, MemoryError) as exc:  # e.g. out of memory: report and go on with the next
                 entry = {"settings": setting, "size": size, "error": f"{type(exc).__name__}: {exc}"[:500]}
             entry["bench_wall_s"] = round(time.perf_counter() - t0, 2)
