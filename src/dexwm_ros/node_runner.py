@@ -89,6 +89,10 @@ def _let_workers_finish(executor: Executor, timeout_s: float) -> None:
     threads; a callback still in a worker then fails on that guard condition, and the failed task prints "The
     following exception was never retrieved: cannot use Destroyable ..." at exit. The node's ``close()`` has
     already told its long-running callbacks to end."""
+    join = getattr(executor, "join_workers", None)  # dexwm_ros.hybrid_executor.HybridExecutor
+    if callable(join):
+        join(timeout_s)
+        return
     pool = getattr(executor, "_executor", None)  # the worker pool of a MultiThreadedExecutor
     if not isinstance(pool, concurrent.futures.ThreadPoolExecutor):
         return
@@ -98,12 +102,12 @@ def _let_workers_finish(executor: Executor, timeout_s: float) -> None:
 
 
 def run_node(make_node: Callable[[], Node], program: str, args: list[str] | None = None, *,
-             executor_factory: Callable[[], Executor] = SingleThreadedExecutor,
+             executor_factory: Callable[[Node], Executor] = lambda _node: SingleThreadedExecutor(),
              fatal: Mapping[type[BaseException], int] | None = None,
              until: Callable[[Node], bool] | None = None,
              exit_code: Callable[[Node], int] | None = None) -> int:
     """Build the node with ``make_node`` and spin it; the node's optional ``start()`` runs before spinning and its
-    optional ``close()`` before it is destroyed.
+    optional ``close()`` before it is destroyed; ``executor_factory(node)`` gives the executor that spins it.
 
     ``fatal`` maps further exception types raised while building or spinning the node to exit codes; a
     configuration or parameter error always gives exit code 2. Each is printed as ``program: message``.
@@ -120,7 +124,7 @@ def run_node(make_node: Callable[[], Node], program: str, args: list[str] | None
         start = getattr(node, "start", None)
         if callable(start):
             start()
-        executor = executor_factory()
+        executor = executor_factory(node)
         executor.add_node(node)
         while not stop.event.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=POLL_S)

@@ -54,8 +54,7 @@ import numpy as np
 import torch
 from geometry_msgs.msg import PoseArray
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
@@ -71,6 +70,7 @@ from dexwm_robot.config import ConfigError
 from dexwm_robot.joint_names import ALL_JOINT_NAMES
 from dexwm_ros.controller_common import STATUS_QOS, STATUS_TOPIC, WAYPOINT_TOPIC
 from dexwm_ros.exit_codes import EXIT_CANNOT_RUN
+from dexwm_ros.hybrid_executor import HybridExecutor
 from dexwm_ros.images import image_to_rgb
 from dexwm_ros.node_runner import run_node
 from dexwm_ros.planner_autorun import StartupTask
@@ -159,7 +159,8 @@ class PlannerNode(PlannerParameters, GoalValidation, PlannerOutputs, StartupTask
         self._mpc_for(first_task, str(p("planner")))  # builds the planner now: configuration errors surface here
         load_s = time.perf_counter() - t0
 
-        self.cb = ReentrantCallbackGroup()
+        self.cb = ReentrantCallbackGroup()  # callbacks that may block: on the executor's worker threads
+        self.messages_cb = MutuallyExclusiveCallbackGroup()  # subscriptions: inline (HybridExecutor)
         self._lock = threading.Condition()
         self._image: tuple[Image, float] | None = None   # newest frame, arrival (monotonic)
         self._image_count = 0
@@ -180,16 +181,17 @@ class PlannerNode(PlannerParameters, GoalValidation, PlannerOutputs, StartupTask
         self._state = PlanStatus.STATE_IDLE
         self._last_status: PlanStatus | None = None
 
-        cb = self.cb
+        cb = self.cb  # may block (a goal's execution, the goal-capture service): worker threads
+        msgs = self.messages_cb  # store the newest message and notify: inline in the spinning thread
         self.pub_waypoint = self.create_publisher(JointTrajectory, WAYPOINT_TOPIC, 10)
         self.pub_status = self.create_publisher(PlanStatus, PLAN_STATUS_TOPIC, PLAN_STATUS_QOS)
         self.pub_markers = self.create_publisher(MarkerArray, PLAN_MARKERS_TOPIC, 5)
-        self.create_subscription(Image, p("image_topic"), self._on_image, 2, callback_group=cb)
-        self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, 2, callback_group=cb)
-        self.create_subscription(JointState, "joint_states", self._on_joints, 20, callback_group=cb)
-        self.create_subscription(String, STATUS_TOPIC, self._on_safety, STATUS_QOS, callback_group=cb)
-        self.create_subscription(PoseArray, OBJECT_POSES_TOPIC, self._on_object_poses, 5, callback_group=cb)
-        self.create_subscription(String, OBJECT_NAMES_TOPIC, self._on_object_names, _LATCHED, callback_group=cb)
+        self.create_subscription(Image, p("image_topic"), self._on_image, 2, callback_group=msgs)
+        self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, 2, callback_group=msgs)
+        self.create_subscription(JointState, "joint_states", self._on_joints, 20, callback_group=msgs)
+        self.create_subscription(String, STATUS_TOPIC, self._on_safety, STATUS_QOS, callback_group=msgs)
+        self.create_subscription(PoseArray, OBJECT_POSES_TOPIC, self._on_object_poses, 5, callback_group=msgs)
+        self.create_subscription(String, OBJECT_NAMES_TOPIC, self._on_object_names, _LATCHED, callback_group=msgs)
         self.create_service(SetGoalFromCamera, SET_GOAL_SERVICE, self._on_set_goal, callback_group=cb)
         self.action_server = ActionServer(
             self, RunTask, RUN_TASK_ACTION, execute_callback=self._execute, goal_callback=lambda _: GoalResponse.ACCEPT,
@@ -401,7 +403,7 @@ class PlannerNode(PlannerParameters, GoalValidation, PlannerOutputs, StartupTask
 
 def main(args: list[str] | None = None) -> int:
     return run_node(PlannerNode, "dexwm_planner_node", args,
-                    executor_factory=lambda: MultiThreadedExecutor(num_threads=6),
+                    executor_factory=lambda node: HybridExecutor(threaded_groups=[node.cb], num_threads=6),
                     fatal={CheckpointLoadError: EXIT_CANNOT_RUN},
                     until=lambda node: node.finished.done(),  # done only after a start-up task
                     exit_code=lambda node: node.exit_code)
