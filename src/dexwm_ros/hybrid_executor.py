@@ -51,8 +51,11 @@ class HybridExecutor(Executor):
             done = [(task, fut) for task, fut in self._running.items() if fut.done()]
             for task, _ in done:
                 del self._running[task]
-        for _, fut in done:
+        for task, fut in done:
             fut.result()
+            exception = task.exception()  # a callback's exception is kept on its rclpy Task
+            if exception is not None:
+                raise exception
 
     def _spin_once_impl(self, timeout_sec: float | None = None,
                         wait_condition: Callable[[], bool] = lambda: False) -> None:
