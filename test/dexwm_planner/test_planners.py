@@ -742,3 +742,38 @@ def test_bf16_autocast_runs_the_predictor_only_and_auto_picks_it_where_the_cpu_m
     monkeypatch.setattr(planner_module, "cpu_has_bf16_matmul", lambda: False)
     assert planner_module.resolve_dtype("auto", cpu) == "float32"
     assert make_planner(model, fk, base.replace(runtime={"dtype": "auto"})).autocast_dtype is None
+
+
+def test_proposal_keeps_the_hand_open_until_it_is_near_the_goal(world_model, fk, frames, home):
+    """planner.proposal_close_within: far from the goal's keypoints the proposal line moves the arm only (the hand's
+    joints stay as they are); within the distance it closes the hand toward the goal pose too."""
+    from dexwm_planner.planners.goal_pose import keep_hand_until_near
+    from dexwm_robot.config import ConfigError
+
+    current = torch.as_tensor(home, dtype=torch.float32)
+    target = current + 0.3
+    points = torch.zeros(6, 3)
+    far, near = points + torch.tensor([0.0, 0.0, 0.2]), points + torch.tensor([0.0, 0.0, 0.05])
+    kept = keep_hand_until_near(target, current, far, points, 0.1)
+    assert torch.equal(kept[:7], target[:7]) and torch.equal(kept[7:], current[7:])
+    assert torch.equal(keep_hand_until_near(target, current, near, points, 0.1), target)
+    assert torch.equal(keep_hand_until_near(target, current, far, points, 0.0), target)  # 0: off
+    unknown = torch.full((6, 3), float("nan"))
+    assert torch.equal(keep_hand_until_near(target, current, far, unknown, 0.1), target)
+    # in the planner: the proposal's hand joints stay put while the hand is far from the goal
+    base = small_config(horizon=2).replace(cost={"hand_weight": 1.0, "hand_source": "fk", "depth_weight": 10.0},
+                                           planner={"proposal_fraction": 0.5})
+    goal_q = current.clone()
+    goal_q[1] += 0.5
+    goal_q[8:11] += 0.6  # a hand closing on the goal
+    free = make_planner(world_model, fk, base)
+    obs = observation(frames, home, goal_keypoints=free.kin.hand_pixels(goal_q).float().numpy())
+    obs.goal_depth = free.kin.hand_depths(goal_q).float().numpy()
+    line = free.goal_proposal(free.prepare(obs))
+    assert float((line[-1, 7:] - current[7:]).abs().max()) > 0.05  # off: the hand closes on the way
+    held = make_planner(world_model, fk, base.replace(planner={"proposal_close_within": 0.05}))
+    line = held.goal_proposal(held.prepare(obs))
+    assert torch.allclose(line[:, 7:], current[7:].expand(2, -1))
+    assert float((line[-1, :7] - current[:7]).abs().max()) > 0.05
+    with pytest.raises(ConfigError, match="proposal_close_within"):
+        base.replace(planner={"proposal_close_within": -0.1})

@@ -82,6 +82,7 @@ class SearchConfig:
     proposal_step: float = 0.1
     proposal_lift: float = 0.0
     proposal_align: float = 0.03
+    proposal_close_within: float = 0.0
     cem: CEMConfig = field(default_factory=CEMConfig)
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
 
@@ -107,6 +108,7 @@ class SearchConfig:
         _number("planner.proposal_step", self.proposal_step, 0.0, strict=True)
         _number("planner.proposal_lift", self.proposal_lift, 0.0)
         _number("planner.proposal_align", self.proposal_align, 0.0)
+        _number("planner.proposal_close_within", self.proposal_close_within, 0.0)
         for name in ("init_std_arm", "init_std_hand"):
             _number(f"planner.{name}", getattr(self, name), 0.0, strict=True)
         for name in ("std_floor_arm", "std_floor_hand"):

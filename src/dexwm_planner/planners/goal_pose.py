@@ -11,8 +11,10 @@ the cost ranks first, a line to the goal pose does. The world model still scores
 included; nothing is executed because it was proposed. With ``planner.proposal_lift`` > 0 the line first goes to the
 goal pose lifted by that much while the hand is more than ``proposal_align`` m (mean over the keypoints, in the
 horizontal plane) away from its goal (:func:`approach_target`): the hand comes down onto the goal from above, as the
-scripted demonstrator does, instead of sweeping through the objects beside it. This is our addition (not in the
-paper).
+scripted demonstrator does, instead of sweeping through the objects beside it. With
+``planner.proposal_close_within`` > 0 the line keeps the hand's joints as they are until the hand is that close (m,
+mean 3-D distance of its keypoints to the goal's; :func:`keep_hand_until_near`): the hand arrives open and closes
+at the goal. This is our addition (not in the paper).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor
 
 from dexwm_planner.planners.kinematics import CameraSetup, PlanKinematics, pixel_rays
+from dexwm_robot.joint_names import NUM_ARM_JOINTS
 
 
 def goal_points(goal_uv: Tensor, goal_depth: Tensor, camera: CameraSetup) -> Tensor:
@@ -42,6 +45,22 @@ def approach_target(points: Tensor, hand: Tensor, lift: float, align: float) -> 
     raised = points.clone()
     raised[:, 2] += lift
     return raised, True
+
+
+def keep_hand_until_near(target: Tensor, current: Tensor, hand: Tensor, points: Tensor, within: float) -> Tensor:
+    """``target (23,)`` with the hand's 16 joints kept at ``current``'s while the hand's keypoints ``hand (K, 3)``
+    are on average more than ``within`` m from the goal's ``points (K, 3)`` (3-D, known rows): the hand arrives
+    as it is (open) and closes only near the goal, as the scripted demonstrator's grasps do. ``within`` 0: the
+    target unchanged."""
+    known = torch.isfinite(points).all(-1)
+    if within <= 0 or not bool(known.any()):
+        return target
+    gap = torch.linalg.vector_norm((hand.to(points) - points)[known], dim=-1).mean()
+    if float(gap) <= within:
+        return target
+    kept = target.clone()
+    kept[NUM_ARM_JOINTS:] = current.to(kept)[NUM_ARM_JOINTS:]
+    return kept
 
 
 def solve_goal_pose(kin: PlanKinematics, points: Tensor, start: Tensor, low: Tensor, high: Tensor,

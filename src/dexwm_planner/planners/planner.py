@@ -39,7 +39,13 @@ from dexwm_planner.planners.cost import (
     total_cost,
 )
 from dexwm_planner.planners.approach import approach_violation, goal_rays
-from dexwm_planner.planners.goal_pose import approach_target, goal_points, proposal_sequence, solve_goal_pose
+from dexwm_planner.planners.goal_pose import (
+    approach_target,
+    goal_points,
+    keep_hand_until_near,
+    proposal_sequence,
+    solve_goal_pose,
+)
 from dexwm_planner.planners.workspace import PlanWorkspace, workspace_floor
 from dexwm_planner.planners.kinematics import (
     NUM_HAND_POINTS,
@@ -344,8 +350,9 @@ class Planner:
         start = self._goal_poses.get(key, self._goal_poses.get("goal", state.joints))
         q, err = solve_goal_pose(self.kin, target, start, self.joint_low, self.joint_high)
         self._goal_poses[key], self._goal_pose_error = q.to(torch.float32), err
-        return proposal_sequence(state.joints.to(torch.float32), self._goal_poses[key], self.horizon,
-                                 pc.proposal_step)
+        current = state.joints.to(torch.float32)
+        aim = keep_hand_until_near(self._goal_poses[key], current, hand, points, pc.proposal_close_within)
+        return proposal_sequence(current, aim, self.horizon, pc.proposal_step)
 
     # ------------------------------------------------------------------------------------------- replan
     def _check(self, obs: PlanObservation) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
