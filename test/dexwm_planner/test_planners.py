@@ -777,3 +777,28 @@ def test_proposal_keeps_the_hand_open_until_it_is_near_the_goal(world_model, fk,
     assert float((line[-1, :7] - current[:7]).abs().max()) > 0.05
     with pytest.raises(ConfigError, match="proposal_close_within"):
         base.replace(planner={"proposal_close_within": -0.1})
+
+
+@pytest.mark.parametrize("iterations_with_proposal", [1, 3])
+def test_proposals_enter_the_first_proposal_iterations_only(iterations_with_proposal):
+    """planner.proposal_iterations: the proposal sequence itself is among the samples of exactly the first
+    ``proposal_iterations`` iterations; a count below 1 is refused."""
+    from dexwm_robot.config import ConfigError
+
+    base = load_planner_config().replace(planner={
+        "samples": 16, "iterations": 4, "horizon": 2, "cem": {"elites": 4}, "proposal_fraction": 0.25,
+        "proposal_iterations": iterations_with_proposal})
+    d = 3
+    proposal = torch.tensor([[0.5, -0.5, 0.25], [0.6, -0.4, 0.3]])
+    seen = []
+
+    def cost(x):
+        seen.append(x.clone())
+        return (x ** 2).sum((1, 2))
+
+    opt = SamplingOptimizer(base.planner, -torch.ones(d), torch.ones(d), torch.full((d,), 1e-4))
+    opt.run(cost, torch.zeros(2, d), torch.full((2, d), 0.05), torch.Generator().manual_seed(0), proposal=proposal)
+    has = [bool(((x - proposal[None]).abs().flatten(1).max(-1).values < 1e-6).any()) for x in seen]
+    assert has == [i < iterations_with_proposal for i in range(4)]
+    with pytest.raises(ConfigError, match="proposal_iterations"):
+        base.replace(planner={"proposal_iterations": 0})

@@ -83,6 +83,7 @@ class SearchConfig:
     proposal_lift: float = 0.0
     proposal_align: float = 0.03
     proposal_close_within: float = 0.0
+    proposal_iterations: int = 1
     cem: CEMConfig = field(default_factory=CEMConfig)
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
 
@@ -93,7 +94,7 @@ class SearchConfig:
             self.mppi = from_dict(MPPIConfig, self.mppi, "planner.mppi")
         if self.method not in METHODS:
             raise ConfigError(f"planner.method: expected one of {list(METHODS)}, found {self.method!r}")
-        for name in ("horizon", "samples", "iterations", "execute_steps"):
+        for name in ("horizon", "samples", "iterations", "execute_steps", "proposal_iterations"):
             _positive_int(f"planner.{name}", getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"planner.seed: expected an integer >= 0, found {self.seed!r}")

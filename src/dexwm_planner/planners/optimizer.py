@@ -12,8 +12,8 @@ them with ONE call of a batched cost function ``(N, T, D) -> (N,)`` and refits t
 With ``fine_fraction > 0`` that share of the samples is drawn with the std scaled by ``fine_scale``: a narrow
 cloud around the mean beside the wide one, so small corrections near a good plan are tried every iteration (our
 addition; 0 = one Gaussian). A ``proposal`` sequence (the planner's goal-pose line, ``proposal_fraction``) puts that
-share of the FIRST iteration's samples around it instead of the mean (the proposal itself among them), so CEM / MPPI
-refit toward it only when it scores better. Either way the std is floored per dimension and the update can be smoothed with the previous distribution.
+share of the first ``proposal_iterations`` iterations' samples (default: the first only) around it instead of the
+mean (the proposal itself among them), so CEM / MPPI refit toward it only when it scores better. Either way the std is floored per dimension and the update can be smoothed with the previous distribution.
 The best sample seen in any iteration is returned. Nothing here knows about robots or world models: a
 quadratic cost plugs in just the same (the tests do).
 """
@@ -108,7 +108,8 @@ class SamplingOptimizer:
             on_iteration: Callable[[IterationStats], None] | None = None,
             proposal: Tensor | None = None) -> OptimizerResult:
         """Minimise ``cost_fn`` starting from ``N(mean, std^2)`` (both ``(T, D)``); ``proposal`` (optional,
-        ``(T, D)``): a sequence the first iteration also samples around (``proposal_fraction``)."""
+        ``(T, D)``): a sequence the first ``proposal_iterations`` iterations also sample around
+        (``proposal_fraction``)."""
         cfg = self.config
         if mean.dim() != 2 or mean.shape[1] != self.dim or std.shape != mean.shape:
             raise ValueError(f"mean and std must both have shape (T, {self.dim}), found {tuple(mean.shape)} and "
@@ -125,7 +126,7 @@ class SamplingOptimizer:
         for it in range(cfg.iterations):
             t0 = time.perf_counter()
             samples = self.sample(mean, std, n, generator)
-            if it == 0 and proposal is not None:
+            if it < cfg.proposal_iterations and proposal is not None:
                 samples = self.propose(samples, proposal, std, generator)
             costs = cost_fn(samples)
             if tuple(costs.shape) != (n,):
