@@ -25,6 +25,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E
 
 from dexwm_ros.conversions import image_to_numpy, quaternion_to_rotation, seconds_to_duration  # noqa: E402
 from dexwm_ros.graph_probe import GraphProbe  # noqa: E402
+from dexwm_ros.sim_node import load_node_config  # noqa: E402
 from dexwm_robot.joint_names import ALL_JOINT_NAMES, ARM_JOINT_NAMES  # noqa: E402
 from dexwm_hw.sim.camera import intrinsics  # noqa: E402
 from dexwm_robot.scene import load_sim_config  # noqa: E402
@@ -285,12 +286,12 @@ def test_camera_rate_and_real_time_factor_change_at_run_time(probe):
     probe.collect(Image, "/camera/color/image_raw")
     float_value = lambda v: ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=v)  # noqa: E731
     try:
-        assert _set_parameter(probe, "camera_rate_hz", float_value(10.0)).successful
+        assert _set_parameter(probe, "camera_rate_hz", float_value(20.0)).successful
         assert _set_parameter(probe, "real_time_factor", float_value(3.0)).successful
         n_js, n_img = len(probe.got("/joint_states")), len(probe.got("/camera/color/image_raw"))
         probe.wait_for(lambda: len(probe.got("/joint_states")) > n_js + 10
                        and len(probe.got("/camera/color/image_raw")) > n_img + 2,
                        "joint states and images after re-timing the node")
     finally:
-        assert _set_parameter(probe, "camera_rate_hz", float_value(5.0)).successful
+        assert _set_parameter(probe, "camera_rate_hz", float_value(load_node_config().camera_rate_hz)).successful
         assert _set_parameter(probe, "real_time_factor", float_value(2.0)).successful
