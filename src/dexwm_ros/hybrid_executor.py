@@ -16,6 +16,7 @@ notify), which is what a node's subscriptions should be anyway.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -24,6 +25,8 @@ from rclpy.callback_groups import CallbackGroup
 from rclpy.context import Context
 from rclpy.executors import ConditionReachedException, Executor, ShutdownException, TimeoutException
 from rclpy.task import Future
+
+log = logging.getLogger(__name__)
 
 RESUBMIT_PAUSE_S = 0.001  # a threaded callback yielded again before its worker started it: let the worker run
 
@@ -103,4 +106,11 @@ class HybridExecutor(Executor):
     def shutdown(self, timeout_sec: float | None = None) -> bool:
         done = super().shutdown(timeout_sec)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._running_lock:
+            finished = [task for task, fut in self._running.items() if fut.done()]
+        for task in finished:  # failed after the last pass of the spin loop: say so (rclpy would print "never
+            exception = task.exception()  # retrieved" when the task is collected, without saying where)
+            if exception is not None:
+                log.warning("a callback failed while the executor was stopping: %s: %s", type(exception).__name__,
+                            exception)
         return done

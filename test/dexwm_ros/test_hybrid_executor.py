@@ -122,3 +122,35 @@ def test_an_exception_in_a_worker_callback_reaches_the_spinning_thread(context):
         node.destroy_node()
     with pytest.raises(ValueError, match="num_threads"):
         HybridExecutor([], num_threads=0, context=context)
+
+
+def test_a_callback_that_fails_after_the_last_spin_is_reported_at_shutdown(context, caplog):
+    node = Node("hybrid_executor_late", context=context)
+    blocking = MutuallyExclusiveCallbackGroup()
+    executor = HybridExecutor([blocking], num_threads=1, context=context)
+    started, fail = threading.Event(), threading.Event()
+    timer = None
+
+    def on_tick() -> None:
+        timer.cancel()
+        started.set()
+        fail.wait(10.0)
+        raise RuntimeError("camera stopped")
+
+    timer = node.create_timer(0.01, on_tick, callback_group=blocking)
+    executor.add_node(node)
+    spinner = Spinner(executor)
+    try:
+        assert started.wait(10.0)
+        spinner.close()  # the spin loop has stopped; the callback fails only now
+        fail.set()
+        assert executor.join_workers(5.0)
+        (task,) = executor._running
+        with caplog.at_level("WARNING", logger="dexwm_ros.hybrid_executor"):
+            executor.shutdown(timeout_sec=2.0)
+        assert "camera stopped" in caplog.text and task._exception_fetched  # reported, not "never retrieved"
+        assert not spinner.errors
+    finally:
+        fail.set()
+        spinner.close()
+        node.destroy_node()
