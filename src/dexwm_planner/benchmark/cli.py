@@ -227,8 +227,7 @@ def run(args: argparse.Namespace) -> int:
                     "method": pc.planner.method, "samples": pc.planner.samples, "horizon": pc.planner.horizon,
                     "iterations": pc.planner.iterations, "elites": pc.planner.elites,
                     "execute_steps": pc.planner.execute_steps, "hand_source": pc.cost.hand_source,
-                    "dtype": "bfloat16 autocast" if policy.planner.autocast_dtype is not None
-                    else str(policy.planner.model_dtype)[6:],
+                    "dtype": policy.planner.dtype_label,
                     "context_frames": policy.config.context_frames, "waypoint_duration_s": policy.waypoint_duration_s,
                     "goal_keypoints": "goal state FK (privileged)" if args.privileged_goal_keypoints else "hand head"}
                 recorder = FrameRecorder(policy, bench_cfg.keypoint_radius_px)

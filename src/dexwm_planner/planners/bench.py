@@ -324,7 +324,7 @@ def bench_one(setting_name: str, size: str, device: torch.device, budget: float,
         "encoder": (f"{type(model.encoder).__name__} of {checkpoint}" if checkpoint is not None
                     else f"dinov2-{st.encoder} (random weights)"), "predictor_params": count_parameters(p),
         "predictor": {"depth": p.cfg.depth, "width": p.cfg.width, "heads": p.cfg.heads},
-        "dtype": "bfloat16 autocast" if planner.autocast_dtype is not None else str(planner.model_dtype)[6:],
+        "dtype": planner.dtype_label,
         "chunk_size": planner.chunk_size, "model_build_s": round(build_s, 3),
     }
     with torch.no_grad():

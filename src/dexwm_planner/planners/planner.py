@@ -253,6 +253,11 @@ class Planner:
     def joint_high(self) -> Tensor:
         return self.optimizer.high
 
+    @property
+    def dtype_label(self) -> str:
+        """What the predictor computes in, for reports: ``bfloat16 autocast``, ``float32`` or ``float64``."""
+        return "bfloat16 autocast" if self.autocast_dtype is not None else str(self.model_dtype).removeprefix("torch.")
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
